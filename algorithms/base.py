@@ -1,0 +1,103 @@
+"""The algorithm contract and loss aggregation.
+
+An algorithm reads a scored rollout and the policy's detached token log-probs l (B, T) and returns
+weights w (B, T); the module forms the one loss
+
+    surrogate = -(1 / N) * sum_{i,t} m[i,t] * w[i,t] * l[i,t]        (GVPO paper, Eq. 9)
+
+whose gradient is the weighted log-likelihood gradient. N is set by `loss_agg` (see `aggregate`).
+`objective` is the algorithm's native loss, written directly; the tests check that its gradient
+equals the surrogate's under the algorithm's default aggregation.
+"""
+from torch import Tensor
+
+LOSS_AGGREGATIONS = (
+    "token-mean",  # sum over all tokens / number of tokens
+    "seq-mean-token-sum",  # sum over each response's tokens, mean over responses
+    "seq-mean-token-mean",  # mean over each response's tokens, mean over responses
+    "seq-mean-token-sum-norm",  # sum over tokens / (responses * constant length) (Dr. GRPO)
+    "group-mean-token-sum",  # sum over a group's tokens, mean over groups (GVPO Eq. 15, DPO pairs)
+)
+
+
+class ConfigError(ValueError):
+    """A bad configuration value: the message names the key, the value given and what is allowed."""
+
+
+def aggregate(values: Tensor, mask: Tensor, mode: str, group_size: int, norm_length: int | None = None) -> Tensor:
+    """Reduce per-token values (B, T) under mask (B, T) to a scalar."""
+    masked = values * mask
+    num_rows = values.shape[0]
+    if mode == "token-mean":
+        return masked.sum() / mask.sum().clamp(min=1)
+    if mode == "seq-mean-token-sum":
+        return masked.sum() / num_rows
+    if mode == "seq-mean-token-mean":
+        return (masked.sum(-1) / mask.sum(-1).clamp(min=1)).mean()
+    if mode == "seq-mean-token-sum-norm":
+        return masked.sum() / (num_rows * (norm_length or values.shape[1]))
+    if mode == "group-mean-token-sum":
+        return masked.sum() / (num_rows // group_size)
+    raise ConfigError(f"loss_agg={mode!r} is not one of {', '.join(LOSS_AGGREGATIONS)}")
+
+
+def sequence_logprobs(logprobs: Tensor, mask: Tensor) -> Tensor:
+    """L[i] = sum_t m[i,t] * l[i,t]: log pi(y_i | x_i). (B, T) -> (B,)."""
+    return (logprobs * mask).sum(-1)
+
+
+def per_token(sequence_weights: Tensor, mask: Tensor) -> Tensor:
+    """Spread one weight per response (B,) over its tokens (B, T)."""
+    return sequence_weights.unsqueeze(-1) * mask
+
+
+class Algorithm:
+    """Base class. Subclasses set the class attributes and implement `weights` and `objective`.
+
+    Class attributes:
+      needs_reference  the module must fill rollout.ref_logprobs (a no-grad reference forward)
+      beta_rule        None (beta unused), "positive" or "nonnegative"
+      min_group_size   smallest group size the weights are defined for
+      sources          response sources the algorithm trains on: "policy" (sampled responses),
+                       "demonstrations" (dataset solutions), "pairs" (dataset chosen/rejected)
+      default_loss_agg aggregation under which `objective` and the surrogate share a gradient
+    """
+
+    needs_reference: bool = False
+    beta_rule: str | None = None
+    min_group_size: int = 1
+    sources: tuple[str, ...] = ("policy",)
+    default_loss_agg: str = "token-mean"
+
+    def __init__(self, beta: float | None = None, group_size: int = 1, loss_agg: str | None = None):
+        self.name = type(self).__name__.lower()
+        self.beta = beta
+        self.loss_agg = loss_agg or self.default_loss_agg
+        self._check(group_size)
+
+    def _check(self, group_size: int) -> None:
+        if self.beta_rule == "positive" and not (self.beta is not None and self.beta > 0):
+            raise ConfigError(f"beta={self.beta} is not allowed for {self.name}: it needs beta > 0")
+        if self.beta_rule == "nonnegative" and not (self.beta is not None and self.beta >= 0):
+            raise ConfigError(f"beta={self.beta} is not allowed for {self.name}: it needs beta >= 0")
+        if group_size < self.min_group_size:
+            raise ConfigError(
+                f"group_size={group_size} is not allowed for {self.name}: it needs group_size >= {self.min_group_size}"
+            )
+        if self.loss_agg not in LOSS_AGGREGATIONS:
+            raise ConfigError(f"algorithm.loss_agg={self.loss_agg!r} is not one of {', '.join(LOSS_AGGREGATIONS)}")
+
+    def check_source(self, source: str, sampler_name: str) -> None:
+        if source not in self.sources:
+            raise ConfigError(
+                f"algorithm={self.name} cannot train on sampler={sampler_name} ({source} responses); "
+                f"it needs {' or '.join(self.sources)} responses"
+            )
+
+    def weights(self, logprobs: Tensor, rollout) -> tuple[Tensor, dict[str, float]]:
+        """Detached weights (B, T) and metrics (keys without the algo/ prefix)."""
+        raise NotImplementedError
+
+    def objective(self, logprobs: Tensor, rollout) -> Tensor:
+        """The native objective (a scalar to minimise), differentiable in logprobs (B, T)."""
+        raise NotImplementedError

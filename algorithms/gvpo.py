@@ -1,0 +1,55 @@
+"""GVPO (Zhang et al. 2025, "GVPO: Group Variance Policy Optimization", Eqs. 9, 12, 13, 15).
+
+With L_i = log pi_theta(y_i|x) summed over response tokens and the same L_ref_i under pi_ref,
+
+    w_i = [(R_i - mean_j R_j) - beta * ((L_i - L_ref_i) - mean_j (L_j - L_ref_j))] / (k - 1)
+
+on every token of response i. The weights sum to zero in each group, so the intractable log Z(x)
+of the implicit reward beta * log(pi_theta / pi_ref) + beta * log Z cancels (paper section 3.1).
+Native loss (Eq. 15): with e_i = beta * centred log-ratio_i - centred R_i,
+    (1 / (2 beta (k-1))) * sum_i e_i^2        per group, averaged over groups,
+whose gradient is exactly -(1/(k-1)) * sum_i w_i * grad L_i.
+
+Departures from the authors' released code (verl): that code minimises (1/(k-1)) * sum_i e_i^2 / 2,
+which is beta times this loss, anchors to the previous (rollout) policy rather than the initial one,
+and lets the loss grow with the micro-batch size. Here pi_ref is the initial policy (the theorem's
+setting) and the loss is averaged over groups so it does not depend on batch size.
+A non-finite log-ratio (long responses make the sum large) zeroes its group's weights and is
+counted in algo/nonfinite_groups; nothing is clipped silently.
+"""
+import torch
+from torch import Tensor
+
+from algorithms.base import Algorithm, sequence_logprobs
+
+
+class GVPO(Algorithm):
+    needs_reference = True
+    beta_rule = "positive"
+    min_group_size = 2
+    default_loss_agg = "group-mean-token-sum"
+
+    def _residuals(self, logprobs: Tensor, rollout) -> Tensor:
+        """e_i = beta * centred (L_i - L_ref_i) - centred R_i, shape (G, k)."""
+        mask = rollout.response_mask
+        log_ratio = (sequence_logprobs(logprobs, mask) - sequence_logprobs(rollout.ref_logprobs, mask)).view(-1, rollout.group_size)
+        rewards = rollout.rewards.view(-1, rollout.group_size).to(log_ratio.dtype)
+        centred_log_ratio = log_ratio - log_ratio.mean(dim=1, keepdim=True)
+        centred_reward = rewards - rewards.mean(dim=1, keepdim=True)
+        return self.beta * centred_log_ratio - centred_reward
+
+    def weights(self, logprobs: Tensor, rollout) -> tuple[Tensor, dict[str, float]]:
+        k = rollout.group_size
+        residuals = self._residuals(logprobs, rollout)  # (G, k)
+        finite = torch.isfinite(residuals).all(dim=1, keepdim=True)
+        weights = torch.where(finite, -residuals, torch.zeros_like(residuals)) / (k - 1)
+        metrics = {
+            "nonfinite_groups": (~finite).sum().item(),
+            "residual_rms": residuals[finite.expand_as(residuals)].pow(2).mean().sqrt().item() if finite.any() else float("nan"),
+        }
+        return weights.view(-1, 1) * rollout.response_mask, metrics
+
+    def objective(self, logprobs: Tensor, rollout) -> Tensor:
+        residuals = self._residuals(logprobs, rollout)  # (G, k)
+        per_group = residuals.pow(2).sum(dim=1) / (2 * self.beta * (rollout.group_size - 1))
+        return per_group.mean()

@@ -1,0 +1,1 @@
+"""Reward functions: plain callables `reward_fn(completions, rows) -> list[float]`."""

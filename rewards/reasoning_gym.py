@@ -1,0 +1,14 @@
+"""reasoning-gym's own scorer as the reward (1.0 exact; chain_sum gives partial credit when the
+right number appears inside a longer answer)."""
+import json
+
+import reasoning_gym
+
+
+class ReasoningGymScore:
+    def __init__(self, dataset: str):
+        self.dataset = dataset
+        self.score = reasoning_gym.get_score_answer_fn(dataset)
+
+    def __call__(self, completions: list[str], rows: list[dict]) -> list[float]:
+        return [float(self.score(text.strip(), json.loads(row["entry"]))) for text, row in zip(completions, rows)]

@@ -1,0 +1,96 @@
+"""ptlab entry point: compose, validate, instantiate, fit, summarise.
+
+    python run.py algorithm=gvpo beta=0.1
+    python run.py -m algorithm=grpo,gvpo seed=0,1,2
+"""
+import os
+import sys
+import time
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from algorithms.base import ConfigError
+from training.checks import check_config, check_overrides
+
+os.environ.setdefault("WANDB_SILENT", "true")
+
+
+def train(cfg: DictConfig) -> dict:
+    """One run; returns its summary (also written to <output_dir>/summary.json)."""
+    start = time.perf_counter()
+    algorithm = check_config(cfg)  # bad input fails here, in seconds
+
+    import lightning as L  # heavy imports after the checks
+    from hydra.utils import instantiate
+
+    from models.build import from_pretrained
+    from models.reference import FrozenReference
+    from training.data import prompt_loader
+    from training.summary import write_summary
+    from training.warmstart import warm_start
+
+    hydra_cfg = HydraConfig.get()
+    output_dir = hydra_cfg.runtime.output_dir
+    task = instantiate(cfg.task)
+    warm = warm_start(cfg, task) if cfg.warmstart.steps > 0 else None
+    policy, tokenizer = from_pretrained(str(warm)) if warm else instantiate(cfg.model)
+    L.seed_everything(cfg.seed, workers=True)
+    generator = instantiate(cfg.generation)
+    sampler = instantiate(cfg.sampler, _partial_=True)(tokenizer=tokenizer, reward_fn=task.reward, generator=generator)
+    reference = FrozenReference(policy) if algorithm.needs_reference else None
+    module = instantiate(cfg.module)(policy=policy, tokenizer=tokenizer, algorithm=algorithm, sampler=sampler,
+                                     reference=reference, optimizer=instantiate(cfg.optimizer), generator=generator)
+    loggers = [instantiate(spec) for spec in (cfg.get("logger") or {}).values()]
+    callbacks = [instantiate(spec) for spec in cfg.callbacks.values()]
+    trainer = instantiate(cfg.trainer, _partial_=True)(logger=loggers or False, callbacks=callbacks)
+
+    train_loader = prompt_loader(task.train_dataset(), cfg.prompts_per_step, shuffle=True, seed=cfg.seed)
+    val_loader = prompt_loader(task.val_dataset(), len(task.val_dataset()), shuffle=False)
+    try:
+        before = trainer.validate(module, val_loader, verbose=False)[0]
+        trainer.fit(module, train_loader, val_loader)
+        after = trainer.validate(module, val_loader, verbose=False)[0]
+    finally:
+        finish_wandb()
+    values = {
+        "steps": trainer.global_step,
+        "val/reward": after["val/reward"],
+        "val/accuracy": after["val/accuracy"],
+        "ref/val/reward": before["val/reward"],
+        "ref/val/accuracy": before["val/accuracy"],
+        **module.budget.metrics(),
+        "wall_seconds": time.perf_counter() - start,
+        "warmstart": str(warm) if warm else None,
+        "output_dir": output_dir,
+    }
+    return write_summary(output_dir, cfg, dict(hydra_cfg.runtime.choices), values)
+
+
+def finish_wandb() -> None:
+    """Close the W&B run so the next job of a multirun starts its own."""
+    if "wandb" in sys.modules:
+        import wandb
+
+        wandb.finish()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> float:
+    try:
+        return train(cfg)["val/accuracy"]
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    try:
+        check_overrides(sys.argv[1:])
+    except ConfigError as error:
+        sys.exit(f"error: {error}")
+    main()

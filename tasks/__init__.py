@@ -1,0 +1,1 @@
+"""Prompt sources, served as datasets.Dataset with columns prompt, answer, entry (and rejected)."""

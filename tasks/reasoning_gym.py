@@ -1,0 +1,72 @@
+"""Verifiable tasks generated offline by reasoning-gym, split into train and held-out validation.
+
+The split is by a hash of the prompt text, so no validation prompt ever appears in training, and
+both splits follow the generator's distribution. The task seed is fixed by the task config, not the
+run seed: every run and algorithm sees the same validation set.
+"""
+import json
+import random
+import zlib
+
+import reasoning_gym
+from datasets import Dataset
+
+from algorithms.base import ConfigError
+
+
+class ReasoningGymTask:
+    def __init__(
+        self,
+        name: str,
+        reward,
+        config: dict | None = None,
+        prompt_template: str = "{question}",
+        train_size: int = 20000,
+        val_size: int = 200,
+        val_fraction: float = 0.1,
+        seed: int = 0,
+        max_new_tokens: int = 8,
+    ):
+        if name not in reasoning_gym.factory.DATASETS:
+            raise ConfigError(f"task.name={name!r} is not a reasoning-gym dataset; e.g. chain_sum, basic_arithmetic")
+        self.name, self.reward, self.config = name, reward, dict(config or {})
+        self.prompt_template, self.seed = prompt_template, seed
+        self.max_new_tokens = max_new_tokens
+        self._train, self._val = self._generate(train_size, val_size, val_fraction)
+
+    def _generate(self, train_size: int, val_size: int, val_fraction: float) -> tuple[Dataset, Dataset]:
+        rng = random.Random(self.seed)
+        train, val = [], []
+        source = reasoning_gym.create_dataset(self.name, seed=self.seed, size=(train_size + val_size) * 4, **self.config)
+        for entry in source:
+            row = self._row(entry, rng)
+            in_val = zlib.crc32(row["prompt"].encode()) % 10_000 < val_fraction * 10_000
+            split = val if in_val else train
+            if len(split) < (val_size if in_val else train_size):
+                split.append(row)
+            if len(train) == train_size and len(val) == val_size:
+                break
+        return Dataset.from_list(train), Dataset.from_list(val)
+
+    def _row(self, entry: dict, rng: random.Random) -> dict:
+        return {
+            "prompt": self.prompt_template.format(**entry),
+            "answer": entry["answer"],
+            "rejected": numeric_distractor(entry["answer"], rng),
+            "entry": json.dumps(entry),
+        }
+
+    def train_dataset(self) -> Dataset:
+        return self._train
+
+    def val_dataset(self) -> Dataset:
+        return self._val
+
+
+def numeric_distractor(answer: str, rng: random.Random) -> str:
+    """A wrong answer near an integer answer (for offline preference pairs); '' otherwise."""
+    try:
+        value = int(answer)
+    except ValueError:
+        return ""
+    return str(value + rng.choice([-1, 1]) * rng.randint(1, 10))

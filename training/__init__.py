@@ -1,0 +1,1 @@
+"""The training loop: rollouts, samplers, the LightningModule, warm start, summaries."""

@@ -1,0 +1,48 @@
+"""Refuse bad input in one line (key, value given, what is allowed) before any work starts."""
+from pathlib import Path
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.utils import get_class, instantiate
+from omegaconf import OmegaConf
+
+from algorithms.base import ConfigError
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(path.stem for path in (CONF_DIR / group).glob("*.yaml"))
+
+
+def check_overrides(args: list[str]) -> None:
+    """Check that every config-group value on the command line (sweeps included) exists."""
+    overrides = OverridesParser.create().parse_overrides([arg for arg in args if "=" in arg and not arg.startswith("-")])
+    for override in overrides:
+        group = override.key_or_group
+        if not (CONF_DIR / group).is_dir() or override.is_delete():
+            continue
+        values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.get_value_element_as_str()]
+        for value in values:
+            if value != "null" and value not in group_options(group):
+                raise ConfigError(f"{group}={value!r} is not an option; choose one of: {', '.join(group_options(group))}")
+
+
+def check_config(cfg) -> object:
+    """Validate a composed config; return the instantiated algorithm (its constructor checks beta and
+    group_size). Costs no model build and no data."""
+    for key in ("seed", "lr", "beta", "group_size", "prompts_per_step"):
+        if OmegaConf.is_missing(cfg, key):
+            raise ConfigError(f"{key} is required")
+    if cfg.group_size < 1 or cfg.prompts_per_step < 1:
+        raise ConfigError(f"group_size={cfg.group_size}, prompts_per_step={cfg.prompts_per_step}: both must be >= 1")
+    if cfg.lr <= 0:
+        raise ConfigError(f"lr={cfg.lr} is not allowed: it must be > 0")
+    if "path" in cfg.model:
+        if OmegaConf.is_missing(cfg.model, "path"):
+            raise ConfigError("model.path is required for this model: a local Hugging Face model directory")
+        if not Path(str(cfg.model.path)).expanduser().is_dir():
+            raise ConfigError(f"model.path={cfg.model.path!r} does not exist; it must be a local model directory")
+    algorithm = instantiate(cfg.algorithm)
+    sampler_name = cfg.sampler._target_.rsplit(".", 1)[-1]
+    algorithm.check_source(get_class(cfg.sampler._target_).source, sampler_name)
+    return algorithm

@@ -1,0 +1,57 @@
+"""The batch every algorithm sees: k scored responses for each of G prompts."""
+from dataclasses import dataclass, field, fields, replace
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Rollout:
+    """Rows [g*k, (g+1)*k) hold the k responses to prompt g; B = G * k. Groups never straddle
+    a minibatch or a device: everything that splits a rollout splits it by whole groups."""
+
+    prompt_ids: Tensor  # (B, P) left-padded
+    prompt_mask: Tensor  # (B, P)
+    response_ids: Tensor  # (B, T) right-padded, ends with eos unless truncated
+    response_mask: Tensor  # (B, T)
+    rewards: Tensor  # (B,)
+    group_size: int
+    sampler_logprobs: Tensor | None = None  # (B, T) log-probs of the policy that sampled; None: the
+    #                                          current policy did, before this rollout's first update
+    ref_logprobs: Tensor | None = None  # (B, T) filled by the module when the algorithm needs pi_ref
+    prompts: list[str] = field(default_factory=list)  # (B,) text, for logs
+    completions: list[str] = field(default_factory=list)  # (B,)
+
+    @property
+    def num_groups(self) -> int:
+        return self.rewards.shape[0] // self.group_size
+
+    def to(self, device) -> "Rollout":
+        moved = {f.name: getattr(self, f.name).to(device) for f in fields(self) if isinstance(getattr(self, f.name), Tensor)}
+        return replace(self, **moved)
+
+    def select_groups(self, groups: Tensor) -> "Rollout":
+        """The sub-rollout made of whole groups `groups` (G',)."""
+        k = self.group_size
+        rows = (groups.unsqueeze(1) * k + torch.arange(k, device=groups.device)).view(-1)
+        picked = {f.name: getattr(self, f.name)[rows] for f in fields(self) if isinstance(getattr(self, f.name), Tensor)}
+        text = {name: [getattr(self, name)[i] for i in rows.tolist()] for name in ("prompts", "completions") if getattr(self, name)}
+        return replace(self, **picked, **text)
+
+
+def encode_prompts(tokenizer, prompts: list[str]) -> tuple[Tensor, Tensor]:
+    """Left-padded prompt ids and mask, (B, P) each."""
+    encoded = tokenizer(prompts, padding=True, return_tensors="pt")
+    return encoded.input_ids, encoded.attention_mask
+
+
+def encode_responses(tokenizer, responses: list[str]) -> tuple[Tensor, Tensor]:
+    """Right-padded response ids ending in eos, and their mask, (B, T) each."""
+    ids = [tokenizer(text, add_special_tokens=False).input_ids + [tokenizer.eos_token_id] for text in responses]
+    length = max(len(row) for row in ids)
+    response_ids = torch.full((len(ids), length), tokenizer.pad_token_id, dtype=torch.long)
+    response_mask = torch.zeros((len(ids), length), dtype=torch.long)
+    for i, row in enumerate(ids):
+        response_ids[i, : len(row)] = torch.tensor(row)
+        response_mask[i, : len(row)] = 1
+    return response_ids, response_mask
