@@ -6,6 +6,7 @@
 import os
 import sys
 import time
+import warnings
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -13,15 +14,17 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from algorithms.base import ConfigError
-from training.checks import check_config, check_overrides
+from training.checks import build, check_config, check_overrides
 
 os.environ.setdefault("WANDB_SILENT", "true")
+warnings.filterwarnings("ignore", message=".*(LeafSpec|does not have many workers|litlogger).*")
 
 
 def train(cfg: DictConfig) -> dict:
     """One run; returns its summary (also written to <output_dir>/summary.json)."""
     start = time.perf_counter()
-    algorithm = check_config(cfg)  # bad input fails here, in seconds
+    hydra_cfg = HydraConfig.get()
+    algorithm = check_config(cfg, hydra_cfg.runtime.choices)  # bad input fails here, in seconds
 
     import lightning as L  # heavy imports after the checks
     from hydra.utils import instantiate
@@ -32,9 +35,8 @@ def train(cfg: DictConfig) -> dict:
     from training.summary import write_summary
     from training.warmstart import warm_start
 
-    hydra_cfg = HydraConfig.get()
     output_dir = hydra_cfg.runtime.output_dir
-    task = instantiate(cfg.task)
+    task = build(cfg.task)
     warm = warm_start(cfg, task) if cfg.warmstart.steps > 0 else None
     policy, tokenizer = from_pretrained(str(warm)) if warm else instantiate(cfg.model)
     L.seed_everything(cfg.seed, workers=True)

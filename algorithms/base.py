@@ -87,13 +87,6 @@ class Algorithm:
         if self.loss_agg not in LOSS_AGGREGATIONS:
             raise ConfigError(f"algorithm.loss_agg={self.loss_agg!r} is not one of {', '.join(LOSS_AGGREGATIONS)}")
 
-    def check_source(self, source: str, sampler_name: str) -> None:
-        if source not in self.sources:
-            raise ConfigError(
-                f"algorithm={self.name} cannot train on sampler={sampler_name} ({source} responses); "
-                f"it needs {' or '.join(self.sources)} responses"
-            )
-
     def weights(self, logprobs: Tensor, rollout) -> tuple[Tensor, dict[str, float]]:
         """Detached weights (B, T) and metrics (keys without the algo/ prefix)."""
         raise NotImplementedError

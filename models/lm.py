@@ -20,7 +20,9 @@ def token_logprobs(
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
     prompt_len = prompt_ids.shape[1]
-    logits = logits[:, prompt_len - 1 : -1].float()  # (B, T, V): position t predicts response token t
+    logits = logits[:, prompt_len - 1 : -1]  # (B, T, V): position t predicts response token t
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
     chosen = logits.gather(-1, response_ids.unsqueeze(-1)).squeeze(-1)  # (B, T)
     logprobs = chosen - torch.logsumexp(logits, dim=-1)
     return logprobs * response_mask

@@ -25,6 +25,7 @@ class SampleTable(L.Callback):
                 logger.log_table(key="samples/train", columns=["prompt", "completion", "reward"], data=rows,
                                  step=trainer.global_step)
         if self.path:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             with self.path.open("a") as f:
                 for prompt, completion, reward in rows:
                     f.write(json.dumps({"step": trainer.global_step, "prompt": prompt, "completion": completion,

@@ -2,6 +2,7 @@
 from pathlib import Path
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 from omegaconf import OmegaConf
 
@@ -19,7 +20,7 @@ def check_overrides(args: list[str]) -> None:
     overrides = OverridesParser.create().parse_overrides([arg for arg in args if "=" in arg and not arg.startswith("-")])
     for override in overrides:
         group = override.key_or_group
-        if not (CONF_DIR / group).is_dir() or override.is_delete():
+        if group.startswith("hydra") or not (CONF_DIR / group).is_dir() or override.is_delete():
             continue
         values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.get_value_element_as_str()]
         for value in values:
@@ -27,9 +28,19 @@ def check_overrides(args: list[str]) -> None:
                 raise ConfigError(f"{group}={value!r} is not an option; choose one of: {', '.join(group_options(group))}")
 
 
-def check_config(cfg) -> object:
+def build(spec, **kwargs):
+    """hydra.utils.instantiate, letting a ConfigError through as itself (one line, no wrapper)."""
+    try:
+        return instantiate(spec, **kwargs)
+    except InstantiationException as error:
+        if isinstance(error.__cause__, ConfigError):
+            raise error.__cause__ from None
+        raise
+
+
+def check_config(cfg, choices: dict) -> object:
     """Validate a composed config; return the instantiated algorithm (its constructor checks beta and
-    group_size). Costs no model build and no data."""
+    group_size). `choices` maps each config group to the option chosen. Costs no model build."""
     for key in ("seed", "lr", "beta", "group_size", "prompts_per_step"):
         if OmegaConf.is_missing(cfg, key):
             raise ConfigError(f"{key} is required")
@@ -42,7 +53,8 @@ def check_config(cfg) -> object:
             raise ConfigError("model.path is required for this model: a local Hugging Face model directory")
         if not Path(str(cfg.model.path)).expanduser().is_dir():
             raise ConfigError(f"model.path={cfg.model.path!r} does not exist; it must be a local model directory")
-    algorithm = instantiate(cfg.algorithm)
-    sampler_name = cfg.sampler._target_.rsplit(".", 1)[-1]
-    algorithm.check_source(get_class(cfg.sampler._target_).source, sampler_name)
-    return algorithm
+    source = get_class(cfg.sampler._target_).source
+    if source not in get_class(cfg.algorithm._target_).sources:
+        raise ConfigError(f"algorithm={choices['algorithm']} cannot train on sampler={choices['sampler']} ({source} "
+                          f"responses); it needs {' or '.join(get_class(cfg.algorithm._target_).sources)} responses")
+    return build(cfg.algorithm)

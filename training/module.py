@@ -64,6 +64,7 @@ class PostTrainingModule(L.LightningModule):
         return self.optimizer_factory(params=[p for p in self.policy.parameters() if p.requires_grad])
 
     def on_train_start(self) -> None:
+        self.policy.train()  # a loaded Hugging Face model starts in eval mode
         self._start = time.perf_counter() - self.budget.wall_seconds
 
     def policy_logprobs(self, rollout: Rollout) -> Tensor:  # (B, T), with grad

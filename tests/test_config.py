@@ -1,0 +1,86 @@
+"""Every option of every config group composes and instantiates."""
+import pytest
+from hydra.utils import get_class, instantiate
+
+from algorithms.base import ConfigError
+from tests.conftest import CONF_DIR, compose_config, tiny_lm
+from training.checks import check_config, check_overrides, group_options
+
+SMALL_TASK = ["task.train_size=64", "task.val_size=8"]
+
+
+def test_every_group_lists_its_options():
+    assert group_options("algorithm") == ["dpo", "grpo", "gvpo", "rs", "sft"]
+    assert {"on_policy", "demonstrations", "pairs"} <= set(group_options("sampler"))
+
+
+@pytest.mark.parametrize("algorithm", group_options("algorithm"))
+def test_each_algorithm_composes_with_its_sampler(algorithm, tmp_path):
+    cfg = compose_config([f"algorithm={algorithm}"], tmp_path)
+    built = check_config(cfg, cfg.hydra.runtime.choices)
+    assert type(built).__name__.lower() == algorithm
+    assert built.loss_agg == cfg.algorithm.get("loss_agg", built.default_loss_agg)
+    expected_sampler = "demonstrations" if algorithm == "sft" else "on_policy"
+    assert cfg.hydra.runtime.choices.sampler == expected_sampler
+
+
+def test_offline_dpo_uses_pairs_of_two(tmp_path):
+    cfg = compose_config(["algorithm=dpo", "sampler=pairs"], tmp_path)
+    assert check_config(cfg, cfg.hydra.runtime.choices).needs_reference and cfg.algorithm.group_size == 2
+
+
+@pytest.mark.parametrize("algorithm,sampler", [("sft", "on_policy"), ("gvpo", "demonstrations"), ("grpo", "pairs")])
+def test_incompatible_sampler_is_refused_naming_both(algorithm, sampler, tmp_path):
+    cfg = compose_config([f"algorithm={algorithm}", f"sampler={sampler}"], tmp_path)
+    with pytest.raises(ConfigError, match=f"algorithm={algorithm} cannot train on sampler="):
+        check_config(cfg, cfg.hydra.runtime.choices)
+
+
+@pytest.mark.parametrize("task", group_options("task"))
+def test_each_task_builds_disjoint_splits_and_scores_its_answers(task, tmp_path):
+    cfg = compose_config([f"task={task}", *SMALL_TASK], tmp_path)
+    built = instantiate(cfg.task)
+    train, val = built.train_dataset(), built.val_dataset()
+    assert (len(train), len(val)) == (64, 8)
+    assert not set(train["prompt"]) & set(val["prompt"])
+    rows = [val[i] for i in range(len(val))]
+    assert built.reward([row["answer"] for row in rows], rows) == [1.0] * len(rows)
+    assert built.reward(["x"] * len(rows), rows) == [0.0] * len(rows)
+
+
+def test_models_samplers_generation_optimizer_trainer_loggers_instantiate(tmp_path, tokenizer):
+    directory = tmp_path / "saved"
+    tiny_lm(tokenizer).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    for model in group_options("model"):
+        cfg = compose_config([f"model={model}", f"model.path={directory}"] if model == "hf" else [f"model={model}"], tmp_path)
+        policy, tok = instantiate(cfg.model)
+        assert tok("1=").input_ids and sum(p.numel() for p in policy.parameters()) > 0
+    cfg = compose_config(["logger=wandb"], tmp_path)
+    for sampler in group_options("sampler"):
+        assert get_class(compose_config([f"sampler={sampler}"], tmp_path).sampler._target_).source
+    generator = instantiate(cfg.generation)
+    assert generator.max_new_tokens == cfg.task.max_new_tokens
+    optimizer = instantiate(cfg.optimizer)(params=policy.parameters())
+    assert optimizer.defaults["lr"] == cfg.lr
+    for logger in group_options("logger"):
+        specs = compose_config([f"logger={logger}"], tmp_path).get("logger") or {}
+        assert all(instantiate(spec) is not None for spec in specs.values())
+    trainer = instantiate(cfg.trainer, _partial_=True)(logger=False, enable_progress_bar=False)
+    assert trainer.max_steps == cfg.trainer.max_steps
+    for warmstart in group_options("warmstart"):
+        assert "steps" in compose_config([f"warmstart={warmstart}"], tmp_path).warmstart
+
+
+@pytest.mark.parametrize("args,message", [
+    (["algorithm=foo"], "algorithm='foo' is not an option; choose one of: dpo, grpo, gvpo, rs, sft"),
+    (["algorithm=gvpo,nope"], "algorithm='nope' is not an option"),
+    (["sampler=bad"], "sampler='bad' is not an option"),
+])
+def test_unknown_group_options_are_refused_from_the_command_line(args, message):
+    with pytest.raises(ConfigError, match=message):
+        check_overrides(args)
+
+
+def test_valid_overrides_pass():
+    check_overrides(["algorithm=gvpo,grpo", "beta=0.1", "trainer.max_steps=3", "seed=0,1"])

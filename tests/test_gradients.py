@@ -1,0 +1,70 @@
+"""The weighted log-likelihood gradient equals the gradient of each algorithm's native objective
+(autograd on a tiny Llama, float64, atol 1e-5)."""
+import pytest
+import torch
+
+from algorithms.dpo import DPO
+from algorithms.grpo import GRPO
+from algorithms.gvpo import GVPO
+from algorithms.rs import RS
+from algorithms.sft import SFT
+from models.lm import token_logprobs
+from tests.conftest import rollout_from_lists
+from training.module import weighted_log_likelihood_loss
+
+
+def grads(model, loss):
+    model.zero_grad()
+    loss.backward()
+    return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+
+def logprobs_of(model, rollout):
+    return token_logprobs(model, rollout.prompt_ids, rollout.prompt_mask, rollout.response_ids, rollout.response_mask)
+
+
+def assert_same_gradient(model, algorithm, rollout):
+    surrogate_weights, _ = algorithm.weights(logprobs_of(model, rollout).detach(), rollout)
+    surrogate = weighted_log_likelihood_loss(logprobs_of(model, rollout), surrogate_weights, rollout.response_mask,
+                                             algorithm.loss_agg, rollout.group_size)
+    native = algorithm.objective(logprobs_of(model, rollout), rollout)
+    g_surrogate, g_native = grads(model, surrogate), grads(model, native)
+    assert g_native.abs().max() > 1e-4  # the comparison is not between two zeros
+    assert torch.allclose(g_surrogate, g_native, atol=1e-5, rtol=0)
+
+
+def scored_rollout(model, rewards, group_size, lengths, sampler_shift=0.0):
+    rollout = rollout_from_lists(rewards, group_size, lengths, prompt_len=3)
+    with torch.no_grad():
+        current = logprobs_of(model, rollout)
+        noise = torch.randn(current.shape, generator=torch.Generator().manual_seed(3), dtype=current.dtype)
+        rollout.ref_logprobs = (current + 0.3 * noise) * rollout.response_mask
+        rollout.sampler_logprobs = (current + sampler_shift * noise) * rollout.response_mask
+    return rollout
+
+
+REWARDS = [1.0, 0.0, 0.5, 0.0, 0.0, 1.0, 1.0, 1.0]
+LENGTHS = [3, 1, 4, 2, 4, 4, 2, 3]
+
+
+@pytest.mark.parametrize("beta", [0.05, 0.5])
+def test_gvpo_gradient_equals_eq15_mse(model, beta):
+    assert_same_gradient(model, GVPO(beta=beta, group_size=4), scored_rollout(model, REWARDS, 4, LENGTHS))
+
+
+@pytest.mark.parametrize("group_size", [2, 4])
+def test_dpo_gradient_equals_minus_log_sigmoid(model, group_size):
+    assert_same_gradient(model, DPO(beta=0.2, group_size=group_size), scored_rollout(model, REWARDS, group_size, LENGTHS))
+
+
+def test_grpo_gradient_equals_clipped_surrogate_minus_k3(model):
+    rollout = scored_rollout(model, REWARDS, 4, LENGTHS, sampler_shift=0.5)  # ratios far from 1: some clipped
+    algorithm = GRPO(beta=0.1, group_size=4)
+    _, metrics = algorithm.weights(logprobs_of(model, rollout).detach(), rollout)
+    assert 0 < metrics["clip_fraction"] < 1
+    assert_same_gradient(model, algorithm, rollout)
+
+
+def test_sft_and_rs_gradients_equal_their_nll(model):
+    assert_same_gradient(model, SFT(), scored_rollout(model, [1.0] * 4, 1, LENGTHS[:4]))
+    assert_same_gradient(model, RS(group_size=4), scored_rollout(model, REWARDS, 4, LENGTHS))

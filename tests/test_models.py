@@ -1,0 +1,78 @@
+"""Tokenizer, token log-probs under left padding, batched sampling, the frozen reference."""
+import torch
+
+from models.generation import HFGenerator, response_mask_after_eos
+from models.lm import token_logprobs
+from models.reference import FrozenReference
+from tests.conftest import tiny_lm
+from training.rollout import Rollout, encode_prompts, encode_responses
+
+
+def test_char_tokenizer_round_trip_and_specials(tokenizer):
+    ids = tokenizer("47 + 38=").input_ids
+    assert ids[0] == tokenizer.bos_token_id and len(ids) == 1 + len("47 + 38=")
+    assert tokenizer.decode(ids, skip_special_tokens=True) == "47 + 38="
+    response_ids, mask = encode_responses(tokenizer, ["85", "-7"])
+    assert response_ids[0].tolist()[-1] == tokenizer.eos_token_id and mask.tolist() == [[1, 1, 1], [1, 1, 1]]
+
+
+def test_response_mask_stops_after_first_eos():
+    eos = 2
+    ids = torch.tensor([[5, 2, 0, 0], [5, 6, 7, 8], [2, 5, 2, 0]])
+    assert response_mask_after_eos(ids, eos).tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
+
+
+def test_logprobs_do_not_depend_on_left_padding(tokenizer, model):
+    prompts, responses = ["1 + 2=", "47 + 38="], ["3", "85"]
+    prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts)
+    response_ids, response_mask = encode_responses(tokenizer, responses)
+    batched = token_logprobs(model, prompt_ids, prompt_mask, response_ids, response_mask)
+    for i in range(2):
+        alone_ids, alone_mask = encode_prompts(tokenizer, [prompts[i]])
+        r_ids, r_mask = encode_responses(tokenizer, [responses[i]])
+        alone = token_logprobs(model, alone_ids, alone_mask, r_ids, r_mask)
+        assert torch.allclose(batched[i, : r_ids.shape[1]], alone[0], atol=1e-10)
+    # and they are the log-probs of a softmax: the first token's log-prob matches a direct forward
+    ids = tokenizer(prompts[1], return_tensors="pt").input_ids
+    direct = torch.log_softmax(model(ids).logits[0, -1], -1)[response_ids[1, 0]]
+    assert torch.allclose(batched[1, 0], direct, atol=1e-10)
+
+
+def test_greedy_generation_matches_unpadded_generation(tokenizer):
+    model = tiny_lm(tokenizer, seed=3).float()
+    generator = HFGenerator(max_new_tokens=5)
+    prompts = ["1 + 2=", "47 + 38=", "9 - 60="]
+    prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts)
+    batched, batched_mask = generator(model, tokenizer, prompt_ids, prompt_mask, greedy=True)
+    for i, prompt in enumerate(prompts):
+        ids, mask = encode_prompts(tokenizer, [prompt])
+        alone, _ = generator(model, tokenizer, ids, mask, greedy=True)
+        n = int(batched_mask[i].sum())
+        assert batched[i, :n].tolist() == alone[0, :n].tolist()
+    assert len({tuple(row.tolist()) for row in batched}) > 1  # not a degenerate constant output
+
+
+def test_sampled_tokens_follow_the_policy(tokenizer):
+    """Frequencies of the first sampled token match softmax(logits) at temperature 1."""
+    model = tiny_lm(tokenizer, seed=4).float()
+    torch.manual_seed(0)
+    prompt_ids, prompt_mask = encode_prompts(tokenizer, ["5="] * 4000)
+    sampled, _ = HFGenerator(max_new_tokens=1)(model, tokenizer, prompt_ids, prompt_mask)
+    probs = torch.softmax(model(prompt_ids[:1]).logits[0, -1].detach(), -1)
+    freq = torch.bincount(sampled[:, 0], minlength=len(probs)).float() / 4000
+    assert (freq - probs).abs().max() < 0.03
+
+
+def test_reference_is_a_frozen_copy(tokenizer, model):
+    reference = FrozenReference(model)
+    prompt_ids, prompt_mask = encode_prompts(tokenizer, ["1 + 2="])
+    response_ids, response_mask = encode_responses(tokenizer, ["3"])
+    rollout = Rollout(prompt_ids, prompt_mask, response_ids, response_mask, torch.ones(1), 1)
+    before = reference.logprobs(rollout)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1)
+    assert torch.equal(reference.logprobs(rollout), before)
+    assert not any(p.requires_grad for p in reference.parameters())
+    reference.train()
+    assert not reference.model.training

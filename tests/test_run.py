@@ -1,0 +1,103 @@
+"""End to end: run.py on the real config, shrunk (tiny task, a few steps, a tiny cached warm start)."""
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import run
+from tests.conftest import compose_config
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ["task.train_size=256", "task.val_size=16", "warmstart.steps=3", "warmstart.batch_size=8",
+        "prompts_per_step=2", "group_size=2", "trainer.val_check_interval=2", "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false"]
+SUMMARY_KEYS = {"algorithm", "beta", "seed", "steps", "val/reward", "val/accuracy", "ref/val/reward",
+                "ref/val/accuracy", "budget/tokens_generated", "wall_seconds"}
+
+
+@pytest.fixture
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.mark.parametrize("algorithm", ["sft", "rs", "grpo", "dpo", "gvpo"])
+def test_each_algorithm_trains_three_steps_and_writes_summary(algorithm, tmp_path, cache_dir):
+    cfg = compose_config([f"algorithm={algorithm}", "trainer.max_steps=3", "logger=csv", f"cache_dir={cache_dir}", *TINY],
+                         tmp_path)
+    summary = run.train(cfg)
+    written = json.loads((tmp_path / "summary.json").read_text())
+    assert written == summary and SUMMARY_KEYS <= set(summary)
+    assert summary["algorithm"] == algorithm and summary["steps"] == 3
+    assert (summary["budget/tokens_generated"] > 0) == (algorithm != "sft")
+    assert 0 <= summary["val/accuracy"] <= summary["val/reward"] <= 1
+    assert (tmp_path / "config.yaml").exists() and list(tmp_path.glob("csv/*/metrics.csv"))
+
+
+def test_offline_dpo_on_pairs(tmp_path, cache_dir):
+    cfg = compose_config(["algorithm=dpo", "sampler=pairs", "trainer.max_steps=2", "logger=none", f"cache_dir={cache_dir}",
+                          *TINY], tmp_path)
+    summary = run.train(cfg)
+    assert summary["sampler"] == "pairs" and summary["budget/responses_generated"] == 0
+
+
+def test_warm_start_is_built_once_and_reused(tmp_path, cache_dir):
+    overrides = ["trainer.max_steps=1", "logger=none", f"cache_dir={cache_dir}", *TINY]
+    first = run.train(compose_config(overrides, tmp_path / "a"))
+    marker = Path(first["warmstart"]) / "ptlab_warmstart.json"
+    stamp = marker.stat().st_mtime_ns
+    second = run.train(compose_config([*overrides, "seed=1"], tmp_path / "b"))
+    assert second["warmstart"] == first["warmstart"] and marker.stat().st_mtime_ns == stamp
+    other = run.train(compose_config([*overrides, "warmstart.steps=4"], tmp_path / "c"))
+    assert other["warmstart"] != first["warmstart"]
+
+
+def test_wandb_offline_run_and_sample_table(tmp_path, cache_dir):
+    cfg = compose_config(["trainer.max_steps=2", "logger=wandb", "callbacks.samples.every_n_steps=1",
+                          f"cache_dir={cache_dir}", *TINY], tmp_path)
+    run.train(cfg)
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+    samples = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    assert {"prompt", "completion", "reward", "step"} <= set(samples[0]) and len(samples) >= 2
+
+
+def cli(*args, cwd=ROOT, env_extra=None):
+    env = dict(os.environ, PTLAB_CACHE_DIR=str(env_extra or ""), WANDB_MODE="offline")
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "run.py", *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=600)
+    return proc, time.perf_counter() - start
+
+
+@pytest.mark.parametrize("args,message", [
+    (["algorithm=foo"], "algorithm='foo' is not an option; choose one of: dpo, grpo, gvpo, rs, sft"),
+    (["algorithm=gvpo", "beta=0"], "beta=0 is not allowed for gvpo: it needs beta > 0"),
+    (["algorithm=dpo", "beta=-0.5"], "beta=-0.5 is not allowed for dpo: it needs beta > 0"),
+    (["algorithm=grpo", "beta=-1"], "beta=-1 is not allowed for grpo: it needs beta >= 0"),
+    (["algorithm=rs", "group_size=1"], "group_size=1 is not allowed for rs: it needs group_size >= 2"),
+    (["algorithm=grpo", "group_size=1"], "group_size=1 is not allowed for grpo"),
+    (["algorithm=dpo", "group_size=1"], "group_size=1 is not allowed for dpo"),
+    (["algorithm=gvpo", "group_size=1"], "group_size=1 is not allowed for gvpo"),
+    (["model=hf", "model.path=/no/such/dir"], "model.path='/no/such/dir' does not exist"),
+])
+def test_bad_input_is_refused_in_one_line_before_training(args, message, tmp_path):
+    proc, seconds = cli(*args, f"hydra.run.dir={tmp_path}", env_extra=tmp_path / "cache")
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"error: {message}"), proc.stderr
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "summary.json").exists()  # nothing was trained
+    assert seconds < 30
+
+
+def test_multirun_of_all_algorithms_and_two_seeds(tmp_path):
+    sweep = tmp_path / "multirun"
+    proc, _ = cli("-m", "algorithm=sft,rs,grpo,dpo,gvpo", "seed=0,1", "trainer.max_steps=2", "logger=csv",
+                  f"hydra.sweep.dir={sweep}", *TINY, env_extra=tmp_path / "cache")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summaries = [json.loads(path.read_text()) for path in sweep.glob("*/summary.json")]
+    assert sorted((s["algorithm"], s["seed"]) for s in summaries) == sorted(
+        (a, s) for a in ["sft", "rs", "grpo", "dpo", "gvpo"] for s in [0, 1])
+    assert all(s["steps"] == 2 for s in summaries)
