@@ -3,6 +3,7 @@
     python run.py algorithm=gvpo beta=0.1
     python run.py -m algorithm=grpo,gvpo seed=0,1,2
 """
+import logging
 import os
 import sys
 import time
@@ -17,7 +18,7 @@ from algorithms.base import ConfigError
 from training.checks import build, check_config, check_overrides
 
 os.environ.setdefault("WANDB_SILENT", "true")
-warnings.filterwarnings("ignore", message=".*(LeafSpec|does not have many workers|litlogger).*")
+warnings.filterwarnings("ignore", message=".*(LeafSpec|does not have many workers|no `val_dataloader`|module\(s\) in eval mode).*")
 
 
 def train(cfg: DictConfig) -> dict:
@@ -27,6 +28,8 @@ def train(cfg: DictConfig) -> dict:
     algorithm = check_config(cfg, hydra_cfg.runtime.choices)  # bad input fails here, in seconds
 
     import lightning as L  # heavy imports after the checks
+
+    logging.getLogger("lightning").handlers.clear()  # Lightning's info goes to run.log, not the console
     from hydra.utils import instantiate
 
     from models.build import from_pretrained

@@ -51,7 +51,7 @@ class PostTrainingModule(L.LightningModule):
                  update_epochs: int = 1, max_grad_norm: float | None = 1.0, norm_length: int | None = None):
         super().__init__()
         self.automatic_optimization = False
-        self.policy, self.reference = policy, reference  # reference may be None (e.g. SFT)
+        self.policy, self.reference = policy.train(), reference  # reference may be None (e.g. SFT)
         self.tokenizer, self.algorithm, self.sampler = tokenizer, algorithm, sampler
         self.optimizer_factory, self.generator = optimizer, generator
         self.update_epochs, self.max_grad_norm = update_epochs, max_grad_norm
@@ -64,7 +64,6 @@ class PostTrainingModule(L.LightningModule):
         return self.optimizer_factory(params=[p for p in self.policy.parameters() if p.requires_grad])
 
     def on_train_start(self) -> None:
-        self.policy.train()  # a loaded Hugging Face model starts in eval mode
         self._start = time.perf_counter() - self.budget.wall_seconds
 
     def policy_logprobs(self, rollout: Rollout) -> Tensor:  # (B, T), with grad
