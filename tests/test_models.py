@@ -76,3 +76,10 @@ def test_reference_is_a_frozen_copy(tokenizer, model):
     assert not any(p.requires_grad for p in reference.parameters())
     reference.train()
     assert not reference.model.training
+
+
+def test_select_groups_keeps_whole_groups_in_order():
+    rollout = Rollout(torch.arange(6).view(6, 1), torch.ones(6, 1), torch.arange(6).view(6, 1), torch.ones(6, 1),
+                      torch.tensor([0.0, 1, 2, 3, 4, 5]), group_size=2, prompts=list("abcdef"), completions=list("uvwxyz"))
+    part = rollout.select_groups(torch.tensor([2, 0]))
+    assert part.rewards.tolist() == [4, 5, 0, 1] and part.prompts == list("efab") and part.num_groups == 2

@@ -6,13 +6,14 @@ preference pairs.
 """
 import torch
 
+from algorithms.base import ConfigError
 from training.rollout import Rollout, encode_prompts, encode_responses
 
 
 class Sampler:
     source = "policy"
 
-    def __init__(self, tokenizer, reward_fn, generator, group_size: int = 1):
+    def __init__(self, tokenizer, reward_fn, generator=None, group_size: int = 1):
         self.tokenizer, self.reward_fn, self.generator = tokenizer, reward_fn, generator
         self.group_size = group_size
 
@@ -46,9 +47,12 @@ class Demonstrations(Sampler):
     """The dataset's solution as the one response per prompt (SFT)."""
 
     source = "demonstrations"
+    fixed_group_size = 1
 
-    def __init__(self, tokenizer, reward_fn, generator=None, group_size: int = 1):
-        super().__init__(tokenizer, reward_fn, generator, group_size=1)
+    def __init__(self, tokenizer, reward_fn, generator=None, group_size: int | None = None):
+        if group_size not in (None, self.fixed_group_size):
+            raise ConfigError(f"sampler.group_size={group_size} is not allowed for {self.source}: it is {self.fixed_group_size}")
+        super().__init__(tokenizer, reward_fn, generator, self.fixed_group_size)
 
     def sample(self, rows: list[dict], policy) -> Rollout:
         return self._from_responses(rows, [row["answer"] for row in rows])
@@ -66,9 +70,7 @@ class Pairs(Demonstrations):
     """Given (chosen, rejected) pairs as groups of two: the row's answer and its `rejected` column."""
 
     source = "pairs"
-
-    def __init__(self, tokenizer, reward_fn, generator=None, group_size: int = 2):
-        Sampler.__init__(self, tokenizer, reward_fn, generator, group_size=2)
+    fixed_group_size = 2
 
     def sample(self, rows: list[dict], policy) -> Rollout:
         return self._from_responses(rows, [text for row in rows for text in (row["answer"], row["rejected"])])
