@@ -33,6 +33,7 @@ def train(cfg: DictConfig) -> dict:
     from hydra.utils import instantiate
 
     from models.build import from_pretrained
+    from models.lm import restrict_vocabulary
     from models.reference import FrozenReference
     from training.data import prompt_loader
     from training.summary import write_summary
@@ -42,12 +43,17 @@ def train(cfg: DictConfig) -> dict:
     task = build(cfg.task)
     warm = warm_start(cfg, task) if cfg.warmstart.steps > 0 else None
     policy, tokenizer = from_pretrained(str(warm)) if warm else instantiate(cfg.model)
+    if task.response_tokens:
+        restrict_vocabulary(policy, tokenizer, task.response_tokens)
     L.seed_everything(cfg.seed, workers=True)
     generator = instantiate(cfg.generation)
-    sampler = instantiate(cfg.sampler, _partial_=True)(tokenizer=tokenizer, reward_fn=task.reward, generator=generator)
-    reference = FrozenReference(policy) if algorithm.needs_reference else None
+    sampler = build(cfg.sampler, _partial_=True)(tokenizer=tokenizer, reward_fn=task.reward, generator=generator)
+    reference = FrozenReference(policy) if algorithm.needs_reference or sampler.needs_reference else None
+    sampler.setup(policy, reference, task)
     module = instantiate(cfg.module)(policy=policy, tokenizer=tokenizer, algorithm=algorithm, sampler=sampler,
-                                     reference=reference, optimizer=instantiate(cfg.optimizer), generator=generator)
+                                     reference=reference, optimizer=instantiate(cfg.optimizer),
+                                     scheduler=instantiate(cfg.scheduler),
+                                     evaluator=task.evaluator(policy, tokenizer, generator, cfg.beta))
     loggers = [instantiate(spec) for spec in (cfg.get("logger") or {}).values()]
     callbacks = [instantiate(spec) for spec in cfg.callbacks.values()]
     trainer = instantiate(cfg.trainer, _partial_=True)(logger=loggers or False, callbacks=callbacks)
@@ -62,10 +68,8 @@ def train(cfg: DictConfig) -> dict:
         finish_wandb()
     values = {
         "steps": trainer.global_step,
-        "val/reward": after["val/reward"],
-        "val/accuracy": after["val/accuracy"],
-        "ref/val/reward": before["val/reward"],
-        "ref/val/accuracy": before["val/accuracy"],
+        **after,  # val/reward, val/accuracy and, on the exact task, exact/*
+        **{f"ref/{key}": value for key, value in before.items()},  # the same for the policy before training
         **module.budget.metrics(),
         "wall_seconds": time.perf_counter() - start,
         "warmstart": str(warm) if warm else None,

@@ -10,29 +10,46 @@ Native loss (Eq. 15): with e_i = beta * centred log-ratio_i - centred R_i,
     (1 / (2 beta (k-1))) * sum_i e_i^2        per group, averaged over groups,
 whose gradient is exactly -(1/(k-1)) * sum_i w_i * grad L_i.
 
-Departures from the authors' released code (verl): that code minimises (1/(k-1)) * sum_i e_i^2 / 2,
-which is beta times this loss, anchors to the previous (rollout) policy rather than the initial one,
-and lets the loss grow with the micro-batch size. Here pi_ref is the initial policy (the theorem's
-setting) and the loss is averaged over groups so it does not depend on batch size.
+`reference` chooses pi_ref:
+  initial  the frozen initial policy, as in Theorem 3.1: the unique minimiser is the KL-regularised
+           optimum pi* = pi_ref exp(R/beta) / Z, for any sampler whose support covers pi_ref's.
+  rollout  the policy that sampled the batch (its log-probs ride on the rollout), as in the authors'
+           released verl code. Each update then pulls toward pi_old exp(R/beta) / Z: the anchor moves
+           with the policy, so repeated updates drift toward the highest-reward responses (a mirror
+           descent on E[R] with step 1/beta), not toward the regularised optimum of pi_0.
+
+Departures from the authors' released code: that code minimises (1/(k-1)) * sum_i e_i^2 / 2, which
+is beta times this loss, and lets the loss grow with the micro-batch size. Here the loss is averaged
+over groups so it does not depend on batch size, and the default reference is `initial`.
 A non-finite log-ratio (long responses make the sum large) zeroes its group's weights and is
 counted in algo/nonfinite_groups; nothing is clipped silently.
 """
 import torch
 from torch import Tensor
 
-from algorithms.base import Algorithm, sequence_logprobs
+from algorithms.base import Algorithm, ConfigError, sequence_logprobs
 
 
 class GVPO(Algorithm):
-    needs_reference = True
     beta_rule = "positive"
     min_group_size = 2
     default_loss_agg = "group-mean-token-sum"
 
+    def __init__(self, reference: str = "initial", **kwargs):
+        super().__init__(**kwargs)
+        if reference not in ("initial", "rollout"):
+            raise ConfigError(f"algorithm.reference={reference!r} is not one of initial, rollout")
+        self.reference = reference
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.reference == "initial"
+
     def _residuals(self, logprobs: Tensor, rollout) -> Tensor:
         """e_i = beta * centred (L_i - L_ref_i) - centred R_i, shape (G, k)."""
         mask = rollout.response_mask
-        log_ratio = (sequence_logprobs(logprobs, mask) - sequence_logprobs(rollout.ref_logprobs, mask)).view(-1, rollout.group_size)
+        anchor = rollout.ref_logprobs if self.reference == "initial" else rollout.sampler_logprobs
+        log_ratio = (sequence_logprobs(logprobs, mask) - sequence_logprobs(anchor, mask)).view(-1, rollout.group_size)
         rewards = rollout.rewards.view(-1, rollout.group_size).to(log_ratio.dtype)
         centred_log_ratio = log_ratio - log_ratio.mean(dim=1, keepdim=True)
         centred_reward = rewards - rewards.mean(dim=1, keepdim=True)

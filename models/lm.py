@@ -2,9 +2,24 @@
 
 Prompts are left-padded and responses right-padded, so position ids come from the attention mask
 (a left-padded prompt must still start at position 0).
+
+A model may restrict what it can say: token ids listed in `model.generation_config.suppress_tokens`
+get probability 0 both when sampling (Hugging Face `generate` reads the same field) and here, so the
+policy that samples and the policy that is scored are one distribution (the exact task relies on it).
 """
 import torch
 from torch import Tensor
+
+
+def suppressed_token_ids(model) -> list[int]:
+    config = getattr(model, "generation_config", None)
+    return list(getattr(config, "suppress_tokens", None) or [])
+
+
+def restrict_vocabulary(model, tokenizer, allowed: list[str]) -> None:
+    """Let the model emit only the tokens of `allowed` (and eos) from now on."""
+    keep = {tokenizer.convert_tokens_to_ids(token) for token in allowed} | {tokenizer.eos_token_id}
+    model.generation_config.suppress_tokens = [i for i in range(model.config.vocab_size) if i not in keep]
 
 
 def token_logprobs(
@@ -23,6 +38,9 @@ def token_logprobs(
     logits = logits[:, prompt_len - 1 : -1]  # (B, T, V): position t predicts response token t
     if logits.dtype in (torch.float16, torch.bfloat16):
         logits = logits.float()
+    suppressed = suppressed_token_ids(model)
+    if suppressed:
+        logits = logits.index_fill(-1, torch.tensor(suppressed, device=logits.device), float("-inf"))
     chosen = logits.gather(-1, response_ids.unsqueeze(-1)).squeeze(-1)  # (B, T)
     logprobs = chosen - torch.logsumexp(logits, dim=-1)
-    return logprobs * response_mask
+    return torch.where(response_mask.bool(), logprobs, torch.zeros_like(logprobs))

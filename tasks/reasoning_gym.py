@@ -32,6 +32,7 @@ class ReasoningGymTask:
         self.name, self.reward, self.config = name, reward, dict(config or {})
         self.prompt_template, self.seed = prompt_template, seed
         self.max_new_tokens = max_new_tokens
+        self.response_tokens = None  # open vocabulary
         self._train, self._val = self._generate(train_size, val_size, val_fraction)
 
     def _generate(self, train_size: int, val_size: int, val_fraction: float) -> tuple[Dataset, Dataset]:
@@ -61,6 +62,11 @@ class ReasoningGymTask:
 
     def val_dataset(self) -> Dataset:
         return self._val
+
+    def evaluator(self, policy, tokenizer, generator, beta: float):
+        from training.evaluation import GreedyAccuracy
+
+        return GreedyAccuracy(tokenizer, generator, self.reward)
 
 
 def numeric_distractor(answer: str, rng: random.Random) -> str:

@@ -53,8 +53,11 @@ def check_config(cfg, choices: dict) -> object:
             raise ConfigError("model.path is required for this model: a local Hugging Face model directory")
         if not Path(str(cfg.model.path)).expanduser().is_dir():
             raise ConfigError(f"model.path={cfg.model.path!r} does not exist; it must be a local model directory")
-    source = get_class(cfg.sampler._target_).source
-    if source not in get_class(cfg.algorithm._target_).sources:
-        raise ConfigError(f"algorithm={choices['algorithm']} cannot train on sampler={choices['sampler']} ({source} "
-                          f"responses); it needs {' or '.join(get_class(cfg.algorithm._target_).sources)} responses")
+    sampler = build(cfg.sampler, tokenizer=None, reward_fn=None)
+    sources = get_class(cfg.algorithm._target_).sources
+    if sampler.source not in sources:
+        raise ConfigError(f"algorithm={choices['algorithm']} cannot train on sampler={choices['sampler']} "
+                          f"({sampler.source} responses); it needs {' or '.join(sources)} responses")
+    if sampler.needs_enumerable_task and not getattr(get_class(cfg.task._target_), "enumerable", False):
+        raise ConfigError(f"sampler={choices['sampler']} needs an enumerable task (task=exact), got task={choices['task']}")
     return build(cfg.algorithm)

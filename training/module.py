@@ -15,7 +15,7 @@ from torch import Tensor
 
 from algorithms.base import aggregate, sequence_logprobs
 from models.lm import token_logprobs
-from training.rollout import Rollout, encode_prompts
+from training.rollout import Rollout
 
 
 def weighted_log_likelihood_loss(logprobs: Tensor, weights: Tensor, mask: Tensor, loss_agg: str, group_size: int,
@@ -35,25 +35,27 @@ class Budget:
     optimizer_steps: int = 0
     wall_seconds: float = 0.0
 
-    def add(self, rollout: Rollout, generated: bool) -> None:
+    def add(self, rollout: Rollout) -> None:
+        """Count a batch; only its freshly generated groups cost generation and reward calls."""
+        groups = rollout.num_groups if rollout.generated_groups is None else rollout.generated_groups
+        rows = groups * rollout.group_size
         self.prompts_seen += rollout.num_groups
-        self.reward_calls += len(rollout.rewards)
-        if generated:
-            self.responses_generated += len(rollout.rewards)
-            self.tokens_generated += int(rollout.response_mask.sum())
+        self.responses_generated += rows
+        self.reward_calls += rows
+        self.tokens_generated += int(rollout.response_mask[:rows].sum())
 
     def metrics(self) -> dict[str, float]:
         return {f"budget/{key}": float(value) for key, value in asdict(self).items()}
 
 
 class PostTrainingModule(L.LightningModule):
-    def __init__(self, policy, tokenizer, algorithm, sampler, reference, optimizer, generator,
+    def __init__(self, policy, tokenizer, algorithm, sampler, reference, optimizer, evaluator=None, scheduler=None,
                  update_epochs: int = 1, max_grad_norm: float | None = 1.0, norm_length: int | None = None):
         super().__init__()
         self.automatic_optimization = False
         self.policy, self.reference = policy.train(), reference  # reference may be None (e.g. SFT)
         self.tokenizer, self.algorithm, self.sampler = tokenizer, algorithm, sampler
-        self.optimizer_factory, self.generator = optimizer, generator
+        self.optimizer_factory, self.scheduler_factory, self.evaluator = optimizer, scheduler, evaluator
         self.update_epochs, self.max_grad_norm = update_epochs, max_grad_norm
         self.norm_length = norm_length  # constant length of the seq-mean-token-sum-norm aggregation
         self.budget = Budget()
@@ -61,7 +63,10 @@ class PostTrainingModule(L.LightningModule):
         self._start = None
 
     def configure_optimizers(self):
-        return self.optimizer_factory(params=[p for p in self.policy.parameters() if p.requires_grad])
+        optimizer = self.optimizer_factory(params=[p for p in self.policy.parameters() if p.requires_grad])
+        if self.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"}}
 
     def on_train_start(self) -> None:
         self._start = time.perf_counter() - self.budget.wall_seconds
@@ -71,7 +76,7 @@ class PostTrainingModule(L.LightningModule):
 
     def training_step(self, rows: list[dict], batch_idx: int) -> None:
         rollout = self.sampler.sample(rows, self.policy).to(self.device)
-        self.budget.add(rollout, generated=self.sampler.source == "policy")
+        self.budget.add(rollout)
         if self.algorithm.needs_reference:
             rollout.ref_logprobs = self.reference.logprobs(rollout)
         if rollout.sampler_logprobs is None and self.update_epochs > 1:
@@ -94,7 +99,8 @@ class PostTrainingModule(L.LightningModule):
         weights, algo_metrics = self.algorithm.weights(logprobs.detach(), rollout)
         loss = weighted_log_likelihood_loss(logprobs, weights, rollout.response_mask, self.algorithm.loss_agg,
                                             rollout.group_size, self.norm_length)
-        metrics = {"train/loss": loss.item(), "algo/objective": self.algorithm.objective(logprobs.detach(), rollout).item()}
+        metrics = {"train/loss": loss.item(), "train/lr": optimizer.param_groups[0]["lr"],
+                   "algo/objective": self.algorithm.objective(logprobs.detach(), rollout).item()}
         metrics |= {f"algo/{key}": value for key, value in algo_metrics.items()}
         if not torch.isfinite(loss):
             metrics["train/nonfinite_loss"] = 1.0  # reported, the step is skipped
@@ -104,6 +110,8 @@ class PostTrainingModule(L.LightningModule):
         if self.max_grad_norm:
             metrics["train/grad_norm"] = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm).item()
         optimizer.step()
+        if self.lr_schedulers() is not None:
+            self.lr_schedulers().step()  # manual optimisation: Lightning leaves the scheduler to us
         self.budget.optimizer_steps += 1
         return metrics
 
@@ -122,11 +130,6 @@ class PostTrainingModule(L.LightningModule):
         return metrics
 
     def validation_step(self, rows: list[dict], batch_idx: int) -> None:
-        """Greedy answers to held-out prompts: val/reward (mean score) and val/accuracy (score 1)."""
-        prompt_ids, prompt_mask = encode_prompts(self.tokenizer, [row["prompt"] for row in rows])
-        response_ids, response_mask = self.generator(self.policy, self.tokenizer, prompt_ids.to(self.device),
-                                                     prompt_mask.to(self.device), greedy=True)
-        completions = self.tokenizer.batch_decode(response_ids * response_mask, skip_special_tokens=True)
-        rewards = torch.tensor(self.sampler.reward_fn(completions, rows))
-        self.log("val/reward", rewards.mean(), batch_size=len(rows))
-        self.log("val/accuracy", (rewards == 1).float().mean(), batch_size=len(rows), prog_bar=True)
+        """The task's evaluator: greedy val/reward and val/accuracy, or exact/ metrics."""
+        for key, value in self.evaluator(self.policy, rows).items():
+            self.log(key, value, batch_size=len(rows), prog_bar=key in ("val/accuracy", "exact/kl_to_optimum"))

@@ -19,6 +19,7 @@ class Rollout:
     sampler_logprobs: Tensor | None = None  # (B, T) log-probs of the policy that sampled; None: the
     #                                          current policy did, before this rollout's first update
     ref_logprobs: Tensor | None = None  # (B, T) filled by the module when the algorithm needs pi_ref
+    generated_groups: int | None = None  # groups sampled for this batch (the first ones); None: all
     prompts: list[str] = field(default_factory=list)  # (B,) text, for logs
     completions: list[str] = field(default_factory=list)  # (B,)
 
@@ -39,14 +40,38 @@ class Rollout:
         return replace(self, **picked, **text)
 
 
+def concat(parts: list[Rollout]) -> Rollout:
+    """Stack rollouts of one group size, padding prompts on the left and responses on the right."""
+    prompt_len = max(part.prompt_ids.shape[1] for part in parts)
+    response_len = max(part.response_ids.shape[1] for part in parts)
+
+    def stack(name: str, length: int, left: bool, value: float = 0):
+        tensors = [getattr(part, name) for part in parts]
+        if any(t is None for t in tensors):
+            return None
+        pad = lambda t: torch.nn.functional.pad(t, (length - t.shape[1], 0) if left else (0, length - t.shape[1]), value=value)
+        return torch.cat([pad(t) for t in tensors])
+
+    first = parts[0]
+    return Rollout(
+        prompt_ids=stack("prompt_ids", prompt_len, left=True), prompt_mask=stack("prompt_mask", prompt_len, left=True),
+        response_ids=stack("response_ids", response_len, left=False), response_mask=stack("response_mask", response_len, left=False),
+        rewards=torch.cat([part.rewards for part in parts]), group_size=first.group_size,
+        sampler_logprobs=stack("sampler_logprobs", response_len, left=False),
+        prompts=[text for part in parts for text in part.prompts],
+        completions=[text for part in parts for text in part.completions],
+    )
+
+
 def encode_prompts(tokenizer, prompts: list[str]) -> tuple[Tensor, Tensor]:
     """Left-padded prompt ids and mask, (B, P) each."""
     encoded = tokenizer(prompts, padding=True, return_tensors="pt")
     return encoded.input_ids, encoded.attention_mask
 
 
-def encode_responses(tokenizer, responses: list[str]) -> tuple[Tensor, Tensor]:
-    """Right-padded response ids ending in eos, and their mask, (B, T) each."""
+def encode_responses(tokenizer, responses: list[str], max_tokens: int | None = None) -> tuple[Tensor, Tensor]:
+    """Right-padded response ids ending in eos, and their mask, (B, T) each. With max_tokens, a
+    response is cut there as generation would cut it (one of max_tokens symbols has no eos)."""
     ids = [tokenizer(text, add_special_tokens=False).input_ids + [tokenizer.eos_token_id] for text in responses]
     length = max(len(row) for row in ids)
     response_ids = torch.full((len(ids), length), tokenizer.pad_token_id, dtype=torch.long)
@@ -54,4 +79,4 @@ def encode_responses(tokenizer, responses: list[str]) -> tuple[Tensor, Tensor]:
     for i, row in enumerate(ids):
         response_ids[i, : len(row)] = torch.tensor(row)
         response_mask[i, : len(row)] = 1
-    return response_ids, response_mask
+    return response_ids[:, :max_tokens], response_mask[:, :max_tokens]

@@ -1,21 +1,33 @@
-"""Where responses come from. Each sampler turns a list of task rows into a scored Rollout.
+"""Where responses come from, chosen independently of the algorithm (conf/sampler/).
 
-A row is a dict with at least `prompt` and `answer` (and `rejected` for pairs). `source` tells an
-algorithm what kind of responses it gets: sampled by a policy, dataset demonstrations, or dataset
-preference pairs.
+A sampler turns task rows (dicts with `prompt`, `answer`, ...) into a scored Rollout. Every
+rollout carries the log-probs of the policy that sampled it (`sampler_logprobs`), except on-policy
+ones, where the module fills them from its first forward (the policy has not moved yet).
+`source` tells an algorithm what kind of responses it gets: "policy" (sampled), "demonstrations"
+(dataset solutions) or "pairs" (dataset chosen/rejected).
 """
+import copy
+import math
+import random
+
 import torch
 
 from algorithms.base import ConfigError
-from training.rollout import Rollout, encode_prompts, encode_responses
+from models.lm import token_logprobs
+from training.rollout import Rollout, concat, encode_prompts, encode_responses
 
 
 class Sampler:
     source = "policy"
+    needs_reference = False  # run.py hands setup() a frozen copy of the initial policy
+    needs_enumerable_task = False
 
     def __init__(self, tokenizer, reward_fn, generator=None, group_size: int = 1):
         self.tokenizer, self.reward_fn, self.generator = tokenizer, reward_fn, generator
         self.group_size = group_size
+
+    def setup(self, policy, reference, task) -> None:
+        """Called once before training, with the initial policy."""
 
     def sample(self, rows: list[dict], policy) -> Rollout:
         raise NotImplementedError
@@ -24,23 +36,130 @@ class Sampler:
         repeated = [row for row in rows for _ in range(self.group_size)]
         return torch.tensor(self.reward_fn(completions, repeated), dtype=torch.float32)
 
-    def _decode(self, response_ids, response_mask) -> list[str]:
-        return self.tokenizer.batch_decode(response_ids * response_mask, skip_special_tokens=True)
+    def _from_responses(self, rows: list[dict], responses: list[str], max_tokens: int | None = None) -> Rollout:
+        """A rollout of given response texts, rows[g] repeated for its group."""
+        prompts = [row["prompt"] for row in rows for _ in range(self.group_size)]
+        prompt_ids, prompt_mask = encode_prompts(self.tokenizer, prompts)
+        response_ids, response_mask = encode_responses(self.tokenizer, responses, max_tokens)
+        return Rollout(prompt_ids, prompt_mask, response_ids, response_mask, self._score(rows, responses),
+                       self.group_size, prompts=prompts, completions=responses)
 
 
 class OnPolicy(Sampler):
     """k responses per prompt from the current policy (temperature and top-p from the generator)."""
 
     def sample(self, rows: list[dict], policy) -> Rollout:
+        return self._generate(rows, policy, with_logprobs=False)
+
+    @torch.no_grad()
+    def _generate(self, rows: list[dict], model, with_logprobs: bool) -> Rollout:
         prompts = [row["prompt"] for row in rows for _ in range(self.group_size)]
-        prompt_ids, prompt_mask = encode_prompts(self.tokenizer, prompts)
-        device = next(policy.parameters()).device
-        prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
-        response_ids, response_mask = self.generator(policy, self.tokenizer, prompt_ids, prompt_mask)
-        completions = self._decode(response_ids, response_mask)
-        rewards = self._score(rows, completions).to(device)
-        return Rollout(prompt_ids, prompt_mask, response_ids, response_mask, rewards, self.group_size,
-                       prompts=prompts, completions=completions)
+        device = next(model.parameters()).device
+        prompt_ids, prompt_mask = (t.to(device) for t in encode_prompts(self.tokenizer, prompts))
+        response_ids, response_mask = self.generator(model, self.tokenizer, prompt_ids, prompt_mask)
+        completions = self.tokenizer.batch_decode(response_ids * response_mask, skip_special_tokens=True)
+        rollout = Rollout(prompt_ids, prompt_mask, response_ids, response_mask, self._score(rows, completions).to(device),
+                          self.group_size, prompts=prompts, completions=completions)
+        if with_logprobs:
+            rollout.sampler_logprobs = token_logprobs(model, prompt_ids, prompt_mask, response_ids, response_mask)
+        return rollout
+
+
+class Reference(OnPolicy):
+    """k responses per prompt from pi_ref, the frozen initial policy."""
+
+    needs_reference = True
+
+    def setup(self, policy, reference, task) -> None:
+        self.model = reference.model
+
+    def sample(self, rows: list[dict], policy) -> Rollout:
+        return self._generate(rows, self.model, with_logprobs=True)
+
+
+class Stale(OnPolicy):
+    """k responses per prompt from a snapshot of the policy, refreshed every `refresh_every` rollouts."""
+
+    def __init__(self, tokenizer, reward_fn, generator=None, group_size: int = 1, refresh_every: int = 10):
+        super().__init__(tokenizer, reward_fn, generator, group_size)
+        self.refresh_every, self.calls = refresh_every, 0
+
+    def setup(self, policy, reference, task) -> None:
+        self.model = copy.deepcopy(policy).requires_grad_(False)
+
+    def sample(self, rows: list[dict], policy) -> Rollout:
+        if self.calls % self.refresh_every == 0:
+            self.model.load_state_dict(policy.state_dict())
+        self.calls += 1
+        return self._generate(rows, self.model, with_logprobs=True)
+
+
+class Replay(OnPolicy):
+    """Fresh on-policy groups mixed with groups replayed from a buffer of past ones.
+
+    Of the G prompts of a batch, round(G * (1 - replay_ratio)) are sampled fresh; the other places
+    go to past groups drawn uniformly from the last `capacity` groups, with the log-probs of the
+    policy that sampled them then. Until the buffer holds enough, the batch is all fresh.
+    """
+
+    def __init__(self, tokenizer, reward_fn, generator=None, group_size: int = 1, replay_ratio: float = 0.5,
+                 capacity: int = 256, seed: int = 0):
+        super().__init__(tokenizer, reward_fn, generator, group_size)
+        if not 0 <= replay_ratio < 1:
+            raise ConfigError(f"sampler.replay_ratio={replay_ratio} is not allowed: it must be in [0, 1)")
+        self.replay_ratio, self.capacity = replay_ratio, capacity
+        self.buffer: list[Rollout] = []
+        self.rng = random.Random(seed)
+
+    def sample(self, rows: list[dict], policy) -> Rollout:
+        num_replayed = round(len(rows) * self.replay_ratio) if len(self.buffer) >= len(rows) else 0
+        fresh = self._generate(rows[: len(rows) - num_replayed], policy, with_logprobs=True)
+        replayed = self.rng.sample(self.buffer, num_replayed)
+        groups = [fresh.select_groups(torch.tensor([g], device=fresh.rewards.device)).to("cpu") for g in range(fresh.num_groups)]
+        self.buffer = (self.buffer + groups)[-self.capacity :]
+        batch = concat([fresh.to("cpu"), *replayed])
+        batch.generated_groups = fresh.num_groups
+        return batch
+
+
+def uniform_token_logprobs(responses: list[str], max_tokens: int) -> dict[str, list[float]]:
+    """Per-token log-probs of the uniform distribution over an enumerated response set: each token's
+    probability is (responses below the prefix it extends) / (responses below the prefix before it),
+    so a response's tokens sum to -log N exactly."""
+    below: dict[str, int] = {}
+    for text in responses:
+        for j in range(len(text) + 1):
+            below[text[:j]] = below.get(text[:j], 0) + 1
+    table = {}
+    for text in responses:
+        steps = [below[text[: j + 1]] / below[text[:j]] for j in range(len(text))]
+        if len(text) < max_tokens:  # then <eos>: only the response itself is below it
+            steps.append(1 / below[text])
+        table[text] = [math.log(p) for p in steps]
+    return table
+
+
+class Uniform(Sampler):
+    """k responses per prompt drawn uniformly from all responses of an enumerable task (task=exact)."""
+
+    needs_enumerable_task = True
+
+    def __init__(self, tokenizer, reward_fn, generator=None, group_size: int = 1, seed: int = 0):
+        super().__init__(tokenizer, reward_fn, generator, group_size)
+        self.rng = random.Random(seed)
+
+    def setup(self, policy, reference, task) -> None:
+        self.responses, self.max_tokens = task.responses, task.max_new_tokens
+        self.logprobs = uniform_token_logprobs(task.responses, task.max_new_tokens)
+
+    def sample(self, rows: list[dict], policy) -> Rollout:
+        texts = [self.rng.choice(self.responses) for _ in range(len(rows) * self.group_size)]
+        rollout = self._from_responses(rows, texts, self.max_tokens)
+        logprobs = torch.zeros(rollout.response_mask.shape)
+        for i, text in enumerate(texts):
+            logprobs[i, : len(self.logprobs[text])] = torch.tensor(self.logprobs[text])
+        rollout.sampler_logprobs = logprobs
+        return rollout
 
 
 class Demonstrations(Sampler):
@@ -55,15 +174,9 @@ class Demonstrations(Sampler):
         super().__init__(tokenizer, reward_fn, generator, self.fixed_group_size)
 
     def sample(self, rows: list[dict], policy) -> Rollout:
-        return self._from_responses(rows, [row["answer"] for row in rows])
-
-    def _from_responses(self, rows: list[dict], responses: list[str]) -> Rollout:
-        prompts = [row["prompt"] for row in rows for _ in range(self.group_size)]
-        prompt_ids, prompt_mask = encode_prompts(self.tokenizer, prompts)
-        response_ids, response_mask = encode_responses(self.tokenizer, responses)
-        rewards = self._score(rows, responses)
-        return Rollout(prompt_ids, prompt_mask, response_ids, response_mask, rewards, self.group_size,
-                       prompts=prompts, completions=responses)
+        batch = self._from_responses(rows, [row["answer"] for row in rows])
+        batch.generated_groups = 0
+        return batch
 
 
 class Pairs(Demonstrations):
@@ -73,4 +186,6 @@ class Pairs(Demonstrations):
     fixed_group_size = 2
 
     def sample(self, rows: list[dict], policy) -> Rollout:
-        return self._from_responses(rows, [text for row in rows for text in (row["answer"], row["rejected"])])
+        batch = self._from_responses(rows, [text for row in rows for text in (row["answer"], row["rejected"])])
+        batch.generated_groups = 0
+        return batch

@@ -37,7 +37,7 @@ def warm_start(cfg, task) -> Path:
     model, tokenizer = instantiate(cfg.model)
     settings = cfg.warmstart
     module = PostTrainingModule(
-        policy=model, tokenizer=tokenizer, algorithm=SFT(), reference=None, generator=None,
+        policy=model, tokenizer=tokenizer, algorithm=SFT(), reference=None,
         sampler=Demonstrations(tokenizer, task.reward),
         optimizer=partial(torch.optim.AdamW, lr=settings.lr, weight_decay=0.0),
         max_grad_norm=1.0,

@@ -1,0 +1,65 @@
+"""Validation metrics. A task picks its evaluator: greedy accuracy on held-out prompts, or the exact
+metrics of the enumerable task."""
+import torch
+
+from models.lm import token_logprobs
+from training.rollout import encode_prompts
+
+
+class GreedyAccuracy:
+    """val/reward: mean score of greedy answers; val/accuracy: the fraction scored 1."""
+
+    def __init__(self, tokenizer, generator, reward_fn):
+        self.tokenizer, self.generator, self.reward_fn = tokenizer, generator, reward_fn
+
+    def __call__(self, policy, rows: list[dict]) -> dict[str, torch.Tensor]:
+        device = next(policy.parameters()).device
+        prompt_ids, prompt_mask = encode_prompts(self.tokenizer, [row["prompt"] for row in rows])
+        response_ids, response_mask = self.generator(policy, self.tokenizer, prompt_ids.to(device), prompt_mask.to(device),
+                                                     greedy=True)
+        completions = self.tokenizer.batch_decode(response_ids * response_mask, skip_special_tokens=True)
+        rewards = torch.tensor(self.reward_fn(completions, rows))
+        return {"val/reward": rewards.mean(), "val/accuracy": (rewards == 1).float().mean()}
+
+
+class ExactMetrics:
+    """Exact KLs and rewards on an enumerable task, averaged over its prompts (DESIGN.md section 3).
+
+    pi_ref is the policy given at construction (the initial policy), whatever the algorithm's own
+    reference; pi*(y|x) = pi_ref(y|x) exp(R(x,y)/beta) / Z(x). val/reward is the exact expected
+    reward and val/accuracy the probability of a best-rewarded response.
+    """
+
+    def __init__(self, task, policy, tokenizer, beta: float):
+        self.beta, self.rewards = beta, task.table  # (P, N)
+        self.batch = task.all_responses(tokenizer)
+        self.log_ref = self.log_probs(policy)  # (P, N)
+        self.log_opt = torch.log_softmax(self.log_ref + self.rewards / beta, dim=1)
+        self.best = self.rewards == self.rewards.max(1, keepdim=True).values
+
+    @torch.no_grad()
+    def log_probs(self, policy) -> torch.Tensor:
+        """log pi(y|x) for every prompt and response, (P, N), in one batched forward."""
+        device = next(policy.parameters()).device
+        tensors = [t.to(device) for t in self.batch]
+        sequence = token_logprobs(policy, *tensors).sum(-1).double().cpu()
+        return sequence.view(self.rewards.shape)
+
+    def __call__(self, policy, rows: list[dict] | None = None) -> dict[str, torch.Tensor]:
+        log_pi = self.log_probs(policy)
+        pi, opt = log_pi.exp(), self.log_opt.exp()
+        kl_ref = (pi * (log_pi - self.log_ref)).sum(1)
+        opt_kl_ref = (opt * (self.log_opt - self.log_ref)).sum(1)
+        reward, opt_reward = (pi * self.rewards).sum(1), (opt * self.rewards).sum(1)
+        metrics = {
+            "exact/kl_to_optimum": (pi * (log_pi - self.log_opt)).sum(1),
+            "exact/kl_from_optimum": (opt * (self.log_opt - log_pi)).sum(1),
+            "exact/kl_to_ref": kl_ref,
+            "exact/reward": reward,
+            "exact/optimum_reward": opt_reward,
+            "exact/objective": reward - self.beta * kl_ref,
+            "exact/optimum_objective": opt_reward - self.beta * opt_kl_ref,
+            "val/reward": reward,
+            "val/accuracy": (pi * self.best).sum(1),
+        }
+        return {key: value.mean().float() for key, value in metrics.items()}

@@ -1,0 +1,103 @@
+"""Offline sampler: groups generated once by a named policy, saved with the datasets library and
+reloaded from disk by later runs.
+
+The data is keyed by a hash of what produced it (the initial policy's weights, the task's prompts,
+the generating policy, group size, number of groups, seed), under <cache_dir>/offline/<key>.
+Training draws stored groups uniformly at random: the batch's own prompts are not used, the stored
+data is the training set, as in offline RL.
+"""
+import hashlib
+import json
+import random
+import shutil
+from pathlib import Path
+
+import torch
+from datasets import Dataset, load_from_disk
+
+from algorithms.base import ConfigError
+from training.rollout import Rollout, encode_prompts
+from training.samplers import Reference, Sampler, Uniform
+
+
+def weights_digest(model) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+class Offline(Sampler):
+    def __init__(self, tokenizer, reward_fn, generator=None, group_size: int = 1, policy: str = "reference",
+                 num_groups: int = 256, cache_dir: str = ".cache", seed: int = 0, batch_prompts: int = 64):
+        super().__init__(tokenizer, reward_fn, generator, group_size)
+        if policy not in ("reference", "uniform"):
+            raise ConfigError(f"sampler.policy={policy!r} is not one of reference, uniform")
+        self.policy, self.num_groups, self.cache_dir, self.seed = policy, num_groups, cache_dir, seed
+        self.batch_prompts = batch_prompts
+        self.rng = random.Random(seed)
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.policy == "reference"
+
+    @property
+    def needs_enumerable_task(self) -> bool:
+        return self.policy == "uniform"
+
+    def setup(self, policy, reference, task) -> None:
+        prompts = list(dict.fromkeys(task.train_dataset()["prompt"]))
+        key = json.dumps([weights_digest(policy), prompts, self.policy, self.group_size, self.num_groups, self.seed,
+                          vars(self.generator) if self.generator else None], default=str)
+        path = Path(self.cache_dir).expanduser() / "offline" / hashlib.sha256(key.encode()).hexdigest()[:16]
+        if not (path / "dataset_info.json").exists():
+            self._generate(task, reference, prompts, path)
+        self.data = load_from_disk(str(path))
+
+    def _generate(self, task, reference, prompts: list[str], path: Path) -> None:
+        kind = Reference if self.policy == "reference" else Uniform
+        source = kind(self.tokenizer, self.reward_fn, self.generator, self.group_size)
+        source.setup(None, reference, task)
+        rows_by_prompt = {row["prompt"]: row for row in task.train_dataset()}
+        wanted = [rows_by_prompt[prompts[g % len(prompts)]] for g in range(self.num_groups)]
+        records = []
+        with torch.random.fork_rng():
+            torch.manual_seed(self.seed)
+            for start in range(0, len(wanted), self.batch_prompts):
+                rollout = source.sample(wanted[start : start + self.batch_prompts], None).to("cpu")
+                records += [self._record(rollout, g) for g in range(rollout.num_groups)]
+        partial = path.with_name(path.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        Dataset.from_list(records).save_to_disk(str(partial))
+        shutil.rmtree(path, ignore_errors=True)
+        partial.rename(path)
+
+    @staticmethod
+    def _record(rollout: Rollout, group: int) -> dict:
+        rows = range(group * rollout.group_size, (group + 1) * rollout.group_size)
+        lengths = [int(rollout.response_mask[i].sum()) for i in rows]
+        return {
+            "prompt": rollout.prompts[rows[0]],
+            "response_ids": [rollout.response_ids[i, :n].tolist() for i, n in zip(rows, lengths)],
+            "sampler_logprobs": [rollout.sampler_logprobs[i, :n].tolist() for i, n in zip(rows, lengths)],
+            "rewards": [float(rollout.rewards[i]) for i in rows],
+            "completions": [rollout.completions[i] for i in rows],
+        }
+
+    def sample(self, rows: list[dict], policy) -> Rollout:
+        groups = [self.data[self.rng.randrange(len(self.data))] for _ in rows]
+        prompts = [group["prompt"] for group in groups for _ in range(self.group_size)]
+        prompt_ids, prompt_mask = encode_prompts(self.tokenizer, prompts)
+        responses = [ids for group in groups for ids in group["response_ids"]]
+        length = max(len(ids) for ids in responses)
+        response_ids = torch.full((len(responses), length), self.tokenizer.pad_token_id, dtype=torch.long)
+        response_mask = torch.zeros((len(responses), length), dtype=torch.long)
+        sampler_logprobs = torch.zeros((len(responses), length))
+        for i, (ids, logprobs) in enumerate(zip(responses, [lp for group in groups for lp in group["sampler_logprobs"]])):
+            response_ids[i, : len(ids)], response_mask[i, : len(ids)] = torch.tensor(ids), 1
+            sampler_logprobs[i, : len(ids)] = torch.tensor(logprobs)
+        rewards = torch.tensor([r for group in groups for r in group["rewards"]])
+        return Rollout(prompt_ids, prompt_mask, response_ids, response_mask, rewards, self.group_size,
+                       sampler_logprobs=sampler_logprobs, prompts=prompts,
+                       completions=[c for group in groups for c in group["completions"]], generated_groups=0)
