@@ -29,6 +29,12 @@ class TabularLM(nn.Module):
             self.rows[context] = len(self.rows)
         return self.rows[context]
 
+    def get_extra_state(self) -> dict:  # the context -> row map travels with the table in state_dict
+        return {"rows": dict(self.rows)}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.rows = dict(state["rows"])
+
     def forward(self, input_ids, attention_mask=None, position_ids=None, **unused):
         """logits[b, t] = the row of the context input_ids[b, :t+1] (masked tokens skipped). (B, L, V)"""
         mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)

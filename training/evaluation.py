@@ -34,7 +34,6 @@ class ExactMetrics:
         self.beta, self.rewards = beta, task.table  # (P, N)
         self.batch = task.all_responses(tokenizer)
         self.log_ref = self.log_probs(policy)  # (P, N)
-        self.log_opt = torch.log_softmax(self.log_ref + self.rewards / beta, dim=1)
         self.best = self.rewards == self.rewards.max(1, keepdim=True).values
 
     @torch.no_grad()
@@ -46,20 +45,26 @@ class ExactMetrics:
         return sequence.view(self.rewards.shape)
 
     def __call__(self, policy, rows: list[dict] | None = None) -> dict[str, torch.Tensor]:
-        log_pi = self.log_probs(policy)
-        pi, opt = log_pi.exp(), self.log_opt.exp()
-        kl_ref = (pi * (log_pi - self.log_ref)).sum(1)
-        opt_kl_ref = (opt * (self.log_opt - self.log_ref)).sum(1)
-        reward, opt_reward = (pi * self.rewards).sum(1), (opt * self.rewards).sum(1)
-        metrics = {
-            "exact/kl_to_optimum": (pi * (log_pi - self.log_opt)).sum(1),
-            "exact/kl_from_optimum": (opt * (self.log_opt - log_pi)).sum(1),
-            "exact/kl_to_ref": kl_ref,
-            "exact/reward": reward,
-            "exact/optimum_reward": opt_reward,
-            "exact/objective": reward - self.beta * kl_ref,
-            "exact/optimum_objective": opt_reward - self.beta * opt_kl_ref,
-            "val/reward": reward,
-            "val/accuracy": (pi * self.best).sum(1),
-        }
-        return {key: value.mean().float() for key, value in metrics.items()}
+        metrics = exact_metrics(self.log_probs(policy), self.log_ref, self.rewards, self.beta)
+        metrics["val/reward"] = metrics["exact/reward"]
+        metrics["val/accuracy"] = (self.log_probs(policy).exp() * self.best).sum(1).mean().float()
+        return metrics
+
+
+def exact_metrics(log_pi: torch.Tensor, log_ref: torch.Tensor, rewards: torch.Tensor, beta: float) -> dict[str, torch.Tensor]:
+    """KLs, rewards and regularised objectives of pi and of pi* = pi_ref exp(R/beta) / Z, from
+    log pi, log pi_ref and R over all responses (P, N); averaged over prompts."""
+    log_opt = torch.log_softmax(log_ref + rewards / beta, dim=1)
+    pi, opt = log_pi.exp(), log_opt.exp()
+    kl_ref, opt_kl_ref = (pi * (log_pi - log_ref)).sum(1), (opt * (log_opt - log_ref)).sum(1)
+    reward, opt_reward = (pi * rewards).sum(1), (opt * rewards).sum(1)
+    metrics = {
+        "exact/kl_to_optimum": (pi * (log_pi - log_opt)).sum(1),
+        "exact/kl_from_optimum": (opt * (log_opt - log_pi)).sum(1),
+        "exact/kl_to_ref": kl_ref,
+        "exact/reward": reward,
+        "exact/optimum_reward": opt_reward,
+        "exact/objective": reward - beta * kl_ref,
+        "exact/optimum_objective": opt_reward - beta * opt_kl_ref,
+    }
+    return {key: value.mean().float() for key, value in metrics.items()}

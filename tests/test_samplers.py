@@ -1,0 +1,166 @@
+"""Samplers: whose log-probs a rollout carries, refresh, replay, offline reuse, uniform; and every
+algorithm with every sampler on the exact task."""
+import math
+
+import pytest
+import torch
+
+import run
+from algorithms.base import ConfigError
+from algorithms.gvpo import GVPO
+from models.generation import HFGenerator
+from models.lm import restrict_vocabulary, token_logprobs
+from models.reference import FrozenReference
+from models.tabular import TabularLM
+from tasks.exact import ExactTask
+from tests.conftest import compose_config, rollout_from_lists
+from training.module import Budget
+from training.offline import Offline
+from training.rollout import concat
+from training.samplers import Reference, Replay, Stale, Uniform, uniform_token_logprobs
+from training.checks import group_options
+
+
+@pytest.fixture
+def exact(tokenizer):
+    task = ExactTask(num_prompts=3, seed=2)
+    model = TabularLM(tokenizer)
+    torch.nn.init.normal_(model.table, std=1.0)
+    restrict_vocabulary(model, tokenizer, task.response_tokens)
+    return task, model
+
+
+def make(kind, tokenizer, task, **kwargs):
+    return kind(tokenizer, task.reward, HFGenerator(max_new_tokens=task.max_new_tokens), group_size=4, **kwargs)
+
+
+def logprobs_under(model, rollout):
+    return token_logprobs(model, rollout.prompt_ids, rollout.prompt_mask, rollout.response_ids, rollout.response_mask)
+
+
+def test_reference_sampler_samples_the_frozen_initial_policy(tokenizer, exact):
+    task, model = exact
+    reference = FrozenReference(model)
+    sampler = make(Reference, tokenizer, task)
+    sampler.setup(model, reference, task)
+    with torch.no_grad():
+        model.table.add_(1.0 * torch.randn_like(model.table))  # the policy moves, pi_ref does not
+    rollout = sampler.sample(task.rows, model)
+    assert torch.allclose(rollout.sampler_logprobs, logprobs_under(reference.model, rollout))
+    assert not torch.allclose(rollout.sampler_logprobs, logprobs_under(model, rollout).detach())
+    assert rollout.rewards.tolist() == pytest.approx(task.reward(rollout.completions, [r for r in task.rows for _ in range(4)]))
+
+
+def test_stale_sampler_refreshes_its_snapshot_every_n_rollouts(tokenizer, exact):
+    task, model = exact
+    sampler = make(Stale, tokenizer, task, refresh_every=2)
+    sampler.setup(model, None, task)
+    model(*task.all_responses(tokenizer)[:2])  # the policy gives rows to the prompt contexts
+    snapshots = []
+    for _ in range(3):
+        sampler.sample(task.rows, model)
+        snapshots.append(sampler.model.table.detach().clone())
+        with torch.no_grad():
+            model.table.add_(0.5)
+    assert torch.equal(snapshots[0], snapshots[1]) and not torch.equal(snapshots[1], snapshots[2])
+    assert torch.allclose(snapshots[2], model.table.detach() - 0.5)
+    assert model.rows.items() <= sampler.model.rows.items()  # a tabular snapshot carries its context -> row map
+
+
+def test_replay_mixes_fresh_and_past_groups_at_the_ratio(tokenizer, exact):
+    task, model = exact
+    sampler = make(Replay, tokenizer, task, replay_ratio=0.5, capacity=5)
+    rows = task.rows[:2]
+    first = sampler.sample(rows, model)
+    assert first.generated_groups == 2 and len(sampler.buffer) == 2  # buffer too small: all fresh
+    second = sampler.sample(rows, model)
+    assert second.generated_groups == 1 and second.num_groups == 2
+    assert len(sampler.buffer) == 3
+    for _ in range(4):
+        sampler.sample(rows, model)
+    assert len(sampler.buffer) == 5  # capacity
+    replayed = second.select_groups(torch.tensor([1]))
+    assert replayed.sampler_logprobs is not None and replayed.sampler_logprobs.abs().sum() > 0
+    budget = Budget()
+    budget.add(second)
+    assert (budget.prompts_seen, budget.responses_generated) == (2, 4)
+
+
+def test_offline_groups_are_generated_once_saved_and_reloaded(tokenizer, exact, tmp_path):
+    task, model = exact
+    reference = FrozenReference(model)
+    first = make(Offline, tokenizer, task, num_groups=6, cache_dir=str(tmp_path))
+    first.setup(model, reference, task)
+    (path,) = (tmp_path / "offline").iterdir()
+    stamp = (path / "dataset_info.json").stat().st_mtime_ns
+    second = make(Offline, tokenizer, task, num_groups=6, cache_dir=str(tmp_path))
+    second.setup(model, reference, task)
+    assert (path / "dataset_info.json").stat().st_mtime_ns == stamp and len(second.data) == 6
+    rollout = second.sample(task.rows[:2], model)
+    assert rollout.generated_groups == 0 and rollout.num_groups == 2
+    assert torch.allclose(rollout.sampler_logprobs, logprobs_under(reference.model, rollout), atol=1e-6)
+    assert rollout.rewards.tolist() == pytest.approx(task.reward(rollout.completions,
+                                                                 [task.rows[int(p[1])] for p in rollout.prompts]))
+    other = make(Offline, tokenizer, task, num_groups=7, cache_dir=str(tmp_path))
+    other.setup(model, reference, task)
+    assert len(list((tmp_path / "offline").iterdir())) == 2
+
+
+def test_uniform_sampler_is_uniform_over_all_responses(tokenizer, exact):
+    task, _ = exact
+    table = uniform_token_logprobs(task.responses, task.max_new_tokens)
+    assert all(sum(v) == pytest.approx(-math.log(121)) for v in table.values())
+    sampler = make(Uniform, tokenizer, task)
+    sampler.setup(None, None, task)
+    rollout = sampler.sample(task.rows * 200, None)  # 2,400 responses
+    counts = torch.bincount(torch.tensor([task.response_index[c] for c in rollout.completions]), minlength=121)
+    assert counts.min() > 0 and counts.float().std() < 10  # binomial std ~4.4
+    lengths = rollout.response_mask.sum(1)
+    assert lengths.max() == 4 and all(len(c) == 4 or n == len(c) + 1 for c, n in zip(rollout.completions, lengths.tolist()))
+    assert torch.allclose(rollout.sampler_logprobs.sum(1), torch.full((len(lengths),), -math.log(121)))
+
+
+def test_concat_pads_prompts_left_and_responses_right():
+    a = rollout_from_lists([1.0, 0.0], 2, [1, 2], prompt_len=2)
+    b = rollout_from_lists([0.0, 1.0], 2, [3, 1], prompt_len=4)
+    a.sampler_logprobs, b.sampler_logprobs = torch.ones(2, 2), torch.ones(2, 3)
+    both = concat([a, b])
+    assert both.prompt_ids.shape == (4, 4) and both.prompt_mask[:2].tolist() == [[0, 0, 1, 1]] * 2
+    assert both.response_mask.tolist() == [[1, 0, 0], [1, 1, 0], [1, 1, 1], [1, 0, 0]]
+    assert both.sampler_logprobs[:2, 2].tolist() == [0, 0] and both.rewards.tolist() == [1, 0, 0, 1]
+
+
+def test_gvpo_rollout_reference_anchors_to_the_sampling_policy():
+    rollout = rollout_from_lists([1.0, 0.0], group_size=2, lengths=[1, 1])
+    logprobs = torch.tensor([[-1.0], [-2.0]], dtype=torch.float64)
+    rollout.sampler_logprobs = torch.tensor([[-1.5], [-1.5]], dtype=torch.float64)
+    rollout.ref_logprobs = torch.tensor([[-9.0], [0.0]], dtype=torch.float64)  # ignored by `rollout`
+    weights, _ = GVPO(beta=1.0, group_size=2, reference="rollout").weights(logprobs, rollout)
+    # log-ratios to the sampler (0.5, -0.5), centred rewards (0.5, -0.5): weights 0
+    assert torch.allclose(weights, torch.zeros(2, 1, dtype=torch.float64))
+    assert not GVPO(beta=1.0, group_size=2, reference="rollout").needs_reference
+
+
+ALGORITHMS = group_options("algorithm")
+SAMPLERS = group_options("sampler")
+SUPPORTED = {
+    "sft": {"demonstrations"},
+    "dpo": {"on_policy", "reference", "stale", "replay", "offline", "uniform", "pairs"},
+}
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_every_algorithm_runs_with_every_sampler_or_refuses_naming_both(algorithm, tmp_path):
+    supported = SUPPORTED.get(algorithm, {"on_policy", "reference", "stale", "replay", "offline", "uniform"})
+    for sampler in SAMPLERS:
+        overrides = ["task=exact", "model=tabular", f"algorithm={algorithm}", f"sampler={sampler}", "group_size=4",
+                     "trainer.max_steps=2", "logger=none", "trainer.enable_progress_bar=false",
+                     "trainer.enable_model_summary=false", "sampler.num_groups=8" if sampler == "offline" else "seed=0",
+                     f"cache_dir={tmp_path / 'cache'}"]
+        cfg = compose_config(overrides, tmp_path / sampler)
+        if sampler in supported:
+            summary = run.train(cfg)
+            assert summary["steps"] == 2 and summary["sampler"] == sampler and "exact/kl_to_optimum" in summary
+        else:
+            with pytest.raises(ConfigError, match=f"algorithm={algorithm} cannot train on sampler={sampler}"):
+                run.train(cfg)
