@@ -8,11 +8,13 @@ from omegaconf import OmegaConf
 
 from algorithms.base import ConfigError
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+ROOT = Path(__file__).resolve().parent.parent
+CONF_DIR = ROOT / "conf"
+SEARCH_PATH = (CONF_DIR, ROOT / "sweeps")  # conf/ and the sweeps/ package (hydra.searchpath)
 
 
 def group_options(group: str) -> list[str]:
-    return sorted(path.stem for path in (CONF_DIR / group).glob("*.yaml"))
+    return sorted(path.stem for root in SEARCH_PATH for path in (root / group).glob("*.yaml"))
 
 
 def check_overrides(args: list[str]) -> None:
@@ -20,7 +22,7 @@ def check_overrides(args: list[str]) -> None:
     overrides = OverridesParser.create().parse_overrides([arg for arg in args if "=" in arg and not arg.startswith("-")])
     for override in overrides:
         group = override.key_or_group
-        if group.startswith("hydra") or not (CONF_DIR / group).is_dir() or override.is_delete():
+        if group.startswith("hydra") or not group_options(group) or override.is_delete():
             continue
         values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.get_value_element_as_str()]
         for value in values:

@@ -2,7 +2,8 @@
 reloaded from disk by later runs.
 
 The data is keyed by a hash of what produced it (the initial policy's weights, the task's prompts,
-the generating policy, group size, number of groups, seed), under <cache_dir>/offline/<key>.
+the generating policy, group size, number of groups, seed), under <cache_dir>/offline/<key>; runs
+with different run seeds share it and differ in the order they draw groups (`draw_seed`).
 Training draws stored groups uniformly at random: the batch's own prompts are not used, the stored
 data is the training set, as in offline RL.
 """
@@ -33,13 +34,14 @@ def weights_digest(model) -> str:
 
 class Offline(Sampler):
     def __init__(self, tokenizer, reward_fn, generator=None, group_size: int = 1, policy: str = "reference",
-                 num_groups: int = 256, cache_dir: str = ".cache", seed: int = 0, batch_prompts: int = 64):
+                 num_groups: int = 256, cache_dir: str = ".cache", seed: int = 0, draw_seed: int = 0,
+                 batch_prompts: int = 64):
         super().__init__(tokenizer, reward_fn, generator, group_size)
         if policy not in ("reference", "uniform"):
             raise ConfigError(f"sampler.policy={policy!r} is not one of reference, uniform")
         self.policy, self.num_groups, self.cache_dir, self.seed = policy, num_groups, cache_dir, seed
         self.batch_prompts = batch_prompts
-        self.rng = random.Random(seed)
+        self.rng = random.Random(draw_seed)  # the order groups are drawn in (the run seed)
 
     @property
     def needs_reference(self) -> bool:
