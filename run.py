@@ -48,7 +48,8 @@ def train(cfg: DictConfig) -> dict:
     L.seed_everything(cfg.seed, workers=True)
     generator = instantiate(cfg.generation)
     sampler = build(cfg.sampler, _partial_=True)(tokenizer=tokenizer, reward_fn=task.reward, generator=generator)
-    reference = FrozenReference(policy) if algorithm.needs_reference or sampler.needs_reference else None
+    wants_reference = algorithm.needs_reference or sampler.needs_reference or cfg.module.kl_diagnostic
+    reference = FrozenReference(policy) if wants_reference else None
     sampler.setup(policy, reference, task)
     module = instantiate(cfg.module)(policy=policy, tokenizer=tokenizer, algorithm=algorithm, sampler=sampler,
                                      reference=reference, optimizer=instantiate(cfg.optimizer),

@@ -51,11 +51,16 @@ def per_token(sequence_weights: Tensor, mask: Tensor) -> Tensor:
     return sequence_weights.unsqueeze(-1) * mask
 
 
+REFERENCES = ("initial", "rollout")
+
+
 class Algorithm:
     """Base class. Subclasses set the class attributes and implement `weights` and `objective`.
 
     Class attributes:
-      needs_reference  the module must fill rollout.ref_logprobs (a no-grad reference forward)
+      uses_reference   regularises toward a reference policy; `reference` picks it: "initial" (the
+                       frozen initial policy: the module fills rollout.ref_logprobs) or "rollout"
+                       (the policy that sampled the batch: rollout.sampler_logprobs)
       beta_rule        None (beta unused), "positive" or "nonnegative"
       min_group_size   smallest group size the weights are defined for
       sources          response sources the algorithm trains on: "policy" (sampled responses),
@@ -63,17 +68,43 @@ class Algorithm:
       default_loss_agg aggregation under which `objective` and the surrogate share a gradient
     """
 
-    needs_reference: bool = False
+    uses_reference: bool = False
     beta_rule: str | None = None
     min_group_size: int = 1
     sources: tuple[str, ...] = ("policy",)
     default_loss_agg: str = "token-mean"
+    prepare_needs_sampler_logprobs: bool = False  # prepare() reads rollout.sampler_logprobs
 
-    def __init__(self, beta: float | None = None, group_size: int = 1, loss_agg: str | None = None):
+    def __init__(self, beta: float | None = None, group_size: int = 1, loss_agg: str | None = None,
+                 reference: str = "initial"):
         self.name = type(self).__name__.lower()
         self.beta = beta
         self.loss_agg = loss_agg or self.default_loss_agg
+        self.reference = reference
         self._check(group_size)
+        if reference not in REFERENCES:
+            raise ConfigError(f"algorithm.reference={reference!r} is not one of {', '.join(REFERENCES)}")
+
+    @property
+    def needs_reference(self) -> bool:
+        """The module must fill rollout.ref_logprobs with the initial policy's log-probs."""
+        return self.uses_reference and self.reference == "initial"
+
+    def anchor(self, rollout) -> Tensor:
+        """Token log-probs (B, T) of the reference this algorithm regularises toward."""
+        return rollout.ref_logprobs if self.reference == "initial" else rollout.sampler_logprobs
+
+    def setup(self, policy) -> dict:
+        """Build extra trainable modules from the initial policy (e.g. a critic); name -> module."""
+        return {}
+
+    def prepare(self, rollout) -> None:
+        """Once per rollout, before any update and without gradients: store what every minibatch
+        needs in rollout.extras (row-aligned tensors), e.g. values and advantages."""
+
+    def aux_loss(self, rollout) -> tuple[Tensor, dict[str, float]] | None:
+        """An auxiliary loss added to the surrogate (e.g. a critic's value loss), with metrics."""
+        return None
 
     def _check(self, group_size: int) -> None:
         if self.beta_rule == "positive" and not (self.beta is not None and self.beta > 0):

@@ -27,29 +27,19 @@ counted in algo/nonfinite_groups; nothing is clipped silently.
 import torch
 from torch import Tensor
 
-from algorithms.base import Algorithm, ConfigError, sequence_logprobs
+from algorithms.base import Algorithm, sequence_logprobs
 
 
 class GVPO(Algorithm):
+    uses_reference = True
     beta_rule = "positive"
     min_group_size = 2
     default_loss_agg = "group-mean-token-sum"
 
-    def __init__(self, reference: str = "initial", **kwargs):
-        super().__init__(**kwargs)
-        if reference not in ("initial", "rollout"):
-            raise ConfigError(f"algorithm.reference={reference!r} is not one of initial, rollout")
-        self.reference = reference
-
-    @property
-    def needs_reference(self) -> bool:
-        return self.reference == "initial"
-
     def _residuals(self, logprobs: Tensor, rollout) -> Tensor:
         """e_i = beta * centred (L_i - L_ref_i) - centred R_i, shape (G, k)."""
         mask = rollout.response_mask
-        anchor = rollout.ref_logprobs if self.reference == "initial" else rollout.sampler_logprobs
-        log_ratio = (sequence_logprobs(logprobs, mask) - sequence_logprobs(anchor, mask)).view(-1, rollout.group_size)
+        log_ratio = (sequence_logprobs(logprobs, mask) - sequence_logprobs(self.anchor(rollout), mask)).view(-1, rollout.group_size)
         rewards = rollout.rewards.view(-1, rollout.group_size).to(log_ratio.dtype)
         centred_log_ratio = log_ratio - log_ratio.mean(dim=1, keepdim=True)
         centred_reward = rewards - rewards.mean(dim=1, keepdim=True)

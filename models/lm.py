@@ -28,8 +28,12 @@ def token_logprobs(
     prompt_mask: Tensor,  # (B, P)
     response_ids: Tensor,  # (B, T) right-padded
     response_mask: Tensor,  # (B, T)
-) -> Tensor:
-    """log pi(y[i,t] | x_i, y[i,<t]) at temperature 1, shape (B, T); zero where response_mask is 0."""
+    entropy: str | None = None,
+):
+    """log pi(y[i,t] | x_i, y[i,<t]) at temperature 1, shape (B, T); zero where response_mask is 0.
+
+    entropy="detached" or "grad" also returns the entropy of each next-token distribution (B, T),
+    without or with its graph (an entropy bonus needs the graph; a diagnostic does not)."""
     input_ids = torch.cat([prompt_ids, response_ids], dim=1)  # (B, P+T)
     attention_mask = torch.cat([prompt_mask, response_mask], dim=1)
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
@@ -42,5 +46,12 @@ def token_logprobs(
     if suppressed:
         logits = logits.index_fill(-1, torch.tensor(suppressed, device=logits.device), float("-inf"))
     chosen = logits.gather(-1, response_ids.unsqueeze(-1)).squeeze(-1)  # (B, T)
-    logprobs = chosen - torch.logsumexp(logits, dim=-1)
-    return torch.where(response_mask.bool(), logprobs, torch.zeros_like(logprobs))
+    log_norm = torch.logsumexp(logits, dim=-1)
+    logprobs = torch.where(response_mask.bool(), chosen - log_norm, torch.zeros_like(chosen))
+    if entropy is None:
+        return logprobs
+    with torch.set_grad_enabled(entropy == "grad" and torch.is_grad_enabled()):
+        source = logits if entropy == "grad" else logits.detach()
+        probs = torch.softmax(source, dim=-1)
+        token_entropy = torch.logsumexp(source, dim=-1) - (probs * source.nan_to_num(neginf=0.0)).sum(-1)
+    return logprobs, token_entropy * response_mask

@@ -15,11 +15,11 @@ from algorithms.base import ConfigError
 
 
 class TabularLM(nn.Module):
-    def __init__(self, tokenizer, capacity: int = 4096):
+    def __init__(self, vocab_size: int, capacity: int = 4096):
         super().__init__()
-        self.config = SimpleNamespace(vocab_size=len(tokenizer))
+        self.config = SimpleNamespace(vocab_size=vocab_size)
         self.generation_config = SimpleNamespace(suppress_tokens=None)
-        self.table = nn.Parameter(torch.zeros(capacity, len(tokenizer)))  # uniform at start
+        self.table = nn.Parameter(torch.zeros(capacity, vocab_size))  # uniform at start
         self.rows: dict[tuple[int, ...], int] = {}
 
     def _row(self, context: tuple[int, ...]) -> int:
@@ -78,4 +78,4 @@ def tabular(capacity: int = 4096):
     from models.tokenizer import char_tokenizer
 
     tokenizer = char_tokenizer()
-    return TabularLM(tokenizer, capacity), tokenizer
+    return TabularLM(len(tokenizer), capacity), tokenizer

@@ -15,6 +15,8 @@ from algorithms.base import ConfigError
 
 
 class ReasoningGymTask:
+    step_rewards = False  # whether the reward gives per-step rewards (process supervision)
+
     def __init__(
         self,
         name: str,
@@ -67,6 +69,23 @@ class ReasoningGymTask:
         from training.evaluation import GreedyAccuracy
 
         return GreedyAccuracy(tokenizer, generator, self.reward)
+
+
+class ChainStepsTask(ReasoningGymTask):
+    """chain_sum with its working shown: the answer is the running total after each operation,
+    comma-separated ("12 + 5 - 3" -> "17,14"), and each total is a step with its own reward
+    (rewards.steps.RunningTotals), for process supervision."""
+
+    step_rewards = True
+
+    def _row(self, entry: dict, rng: random.Random) -> dict:
+        from rewards.steps import running_totals
+
+        row = super()._row(entry, rng)
+        totals = running_totals(entry["metadata"]["expression"])
+        row["answer"] = ",".join(map(str, totals))
+        row["rejected"] = ",".join(map(str, totals[:-1] + [int(numeric_distractor(str(totals[-1]), rng))]))
+        return row
 
 
 def numeric_distractor(answer: str, rng: random.Random) -> str:

@@ -10,7 +10,7 @@ SMALL_TASK = ["task.train_size=64", "task.val_size=8"]
 
 
 def test_every_group_lists_its_options():
-    assert group_options("algorithm") == ["dpo", "grpo", "gvpo", "rs", "sft"]
+    assert group_options("algorithm") == ["dpo", "dr_grpo", "grpo", "gvpo", "ipo", "ppo", "rloo", "rs", "sft"]
     assert {"on_policy", "demonstrations", "pairs"} <= set(group_options("sampler"))
 
 
@@ -18,7 +18,7 @@ def test_every_group_lists_its_options():
 def test_each_algorithm_composes_with_its_sampler(algorithm, tmp_path):
     cfg = compose_config([f"algorithm={algorithm}"], tmp_path)
     built = check_config(cfg, cfg.hydra.runtime.choices)
-    assert type(built).__name__.lower() == algorithm
+    assert type(built) is get_class(cfg.algorithm._target_)
     assert built.loss_agg == cfg.algorithm.get("loss_agg", built.default_loss_agg)
     expected_sampler = "demonstrations" if algorithm == "sft" else "on_policy"
     assert cfg.hydra.runtime.choices.sampler == expected_sampler
@@ -36,7 +36,7 @@ def test_incompatible_sampler_is_refused_naming_both(algorithm, sampler, tmp_pat
         check_config(cfg, cfg.hydra.runtime.choices)
 
 
-@pytest.mark.parametrize("task", ["chain_sum", "basic_arithmetic"])
+@pytest.mark.parametrize("task", ["chain_sum", "basic_arithmetic", "chain_steps"])
 def test_each_reasoning_gym_task_builds_disjoint_splits_and_scores_its_answers(task, tmp_path):
     cfg = compose_config([f"task={task}", *SMALL_TASK], tmp_path)
     built = instantiate(cfg.task)
@@ -96,7 +96,7 @@ def test_sampler_and_reference_settings_are_checked(overrides, message, tmp_path
 
 
 @pytest.mark.parametrize("args,message", [
-    (["algorithm=foo"], "algorithm='foo' is not an option; choose one of: dpo, grpo, gvpo, rs, sft"),
+    (["algorithm=foo"], "algorithm='foo' is not an option; choose one of: dpo, dr_grpo, grpo, gvpo, ipo, ppo, rloo, rs, sft"),
     (["algorithm=gvpo,nope"], "algorithm='nope' is not an option"),
     (["sampler=bad"], "sampler='bad' is not an option"),
 ])

@@ -58,7 +58,7 @@ def brute_force_logprob(model, tokenizer, prompt: str, response: str, max_tokens
 def test_exact_metrics_match_brute_force_on_two_prompts_and_three_responses(tokenizer, kind):
     task = ExactTask(num_prompts=2, alphabet="a", max_new_tokens=2, seed=3)
     assert task.responses == ["", "a", "aa"]
-    model = tiny_lm(tokenizer, seed=5) if kind == "llama" else TabularLM(tokenizer)
+    model = tiny_lm(tokenizer, seed=5) if kind == "llama" else TabularLM(len(tokenizer))
     if kind == "tabular":
         torch.nn.init.normal_(model.table, std=1.0)
     restrict_vocabulary(model, tokenizer, task.response_tokens)

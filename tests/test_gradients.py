@@ -24,6 +24,7 @@ def logprobs_of(model, rollout):
 
 
 def assert_same_gradient(model, algorithm, rollout):
+    algorithm.prepare(rollout)
     surrogate_weights, _ = algorithm.weights(logprobs_of(model, rollout).detach(), rollout)
     surrogate = weighted_log_likelihood_loss(logprobs_of(model, rollout), surrogate_weights, rollout.response_mask,
                                              algorithm.loss_agg, rollout.group_size)
@@ -60,6 +61,7 @@ def test_dpo_gradient_equals_minus_log_sigmoid(model, group_size):
 def test_grpo_gradient_equals_clipped_surrogate_minus_k3(model):
     rollout = scored_rollout(model, REWARDS, 4, LENGTHS, sampler_shift=0.5)  # ratios far from 1: some clipped
     algorithm = GRPO(beta=0.1, group_size=4)
+    algorithm.prepare(rollout)
     _, metrics = algorithm.weights(logprobs_of(model, rollout).detach(), rollout)
     assert 0 < metrics["clip_fraction"] < 1
     assert_same_gradient(model, algorithm, rollout)

@@ -24,7 +24,7 @@ def cache_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("cache")
 
 
-@pytest.mark.parametrize("algorithm", ["sft", "rs", "grpo", "dpo", "gvpo"])
+@pytest.mark.parametrize("algorithm", ["sft", "rs", "grpo", "dpo", "gvpo", "ppo", "rloo", "dr_grpo", "ipo"])
 def test_each_algorithm_trains_three_steps_and_writes_summary(algorithm, tmp_path, cache_dir):
     cfg = compose_config([f"algorithm={algorithm}", "trainer.max_steps=3", "logger=csv", f"cache_dir={cache_dir}", *TINY],
                          tmp_path)
@@ -35,6 +35,25 @@ def test_each_algorithm_trains_three_steps_and_writes_summary(algorithm, tmp_pat
     assert (summary["budget/tokens_generated"] > 0) == (algorithm != "sft")
     assert 0 <= summary["val/accuracy"] <= summary["val/reward"] <= 1
     assert (tmp_path / "config.yaml").exists() and list(tmp_path.glob("csv/*/metrics.csv"))
+
+
+def test_epochs_and_minibatches_make_several_optimiser_steps_per_rollout(tmp_path, cache_dir):
+    cfg = compose_config([*TINY, "algorithm=grpo", "trainer.max_steps=8", "module.update_epochs=2", "module.minibatches=2",
+                          "prompts_per_step=4", "logger=csv", "trainer.log_every_n_steps=1", f"cache_dir={cache_dir}"], tmp_path)
+    summary = run.train(cfg)
+    assert summary["steps"] == 8 and summary["budget/prompts_seen"] == 2 * 4  # 2 rollouts of 4 groups
+    metrics = next(tmp_path.glob("csv/*/metrics.csv")).read_text().splitlines()
+    header = metrics[0].split(",")
+    ratio_max = [float(row.split(",")[header.index("train/ratio_max")]) for row in metrics[1:]
+                 if row.split(",")[header.index("train/ratio_max")]]
+    assert ratio_max and max(ratio_max) > 1.0  # later updates see a policy that has moved
+
+
+def test_process_supervision_on_a_task_with_steps(tmp_path, cache_dir):
+    cfg = compose_config(["task=chain_steps", "algorithm=grpo", "algorithm.supervision=process", "trainer.max_steps=2",
+                          "logger=none", f"cache_dir={cache_dir}", *TINY], tmp_path)
+    summary = run.train(cfg)
+    assert summary["task"] == "chain_steps" and summary["steps"] == 2
 
 
 def test_offline_dpo_on_pairs(tmp_path, cache_dir):
@@ -73,7 +92,7 @@ def cli(*args, cwd=ROOT, env_extra=None):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["algorithm=foo"], "algorithm='foo' is not an option; choose one of: dpo, grpo, gvpo, rs, sft"),
+    (["algorithm=foo"], "algorithm='foo' is not an option; choose one of: dpo, dr_grpo, grpo, gvpo, ipo, ppo, rloo, rs, sft"),
     (["algorithm=gvpo", "beta=0"], "beta=0 is not allowed for gvpo: it needs beta > 0"),
     (["algorithm=dpo", "beta=-0.5"], "beta=-0.5 is not allowed for dpo: it needs beta > 0"),
     (["algorithm=grpo", "beta=-1"], "beta=-1 is not allowed for grpo: it needs beta >= 0"),
@@ -82,6 +101,8 @@ def cli(*args, cwd=ROOT, env_extra=None):
     (["algorithm=dpo", "group_size=1"], "group_size=1 is not allowed for dpo"),
     (["algorithm=gvpo", "group_size=1"], "group_size=1 is not allowed for gvpo"),
     (["model=hf", "model.path=/no/such/dir"], "model.path='/no/such/dir' does not exist"),
+    (["algorithm=grpo", "algorithm.supervision=process"], "algorithm.supervision=process needs a task with step rewards"),
+    (["algorithm=ppo", "algorithm.kl_estimator=k4"], "algorithm.kl_estimator='k4' is not one of k1, k2, k3"),
 ])
 def test_bad_input_is_refused_in_one_line_before_training(args, message, tmp_path):
     proc, seconds = cli(*args, f"hydra.run.dir={tmp_path}", env_extra=tmp_path / "cache")

@@ -24,7 +24,7 @@ from training.checks import group_options
 @pytest.fixture
 def exact(tokenizer):
     task = ExactTask(num_prompts=3, seed=2)
-    model = TabularLM(tokenizer)
+    model = TabularLM(len(tokenizer))
     torch.nn.init.normal_(model.table, std=1.0)
     restrict_vocabulary(model, tokenizer, task.response_tokens)
     return task, model
@@ -146,6 +146,7 @@ SAMPLERS = group_options("sampler")
 SUPPORTED = {
     "sft": {"demonstrations"},
     "dpo": {"on_policy", "reference", "stale", "replay", "offline", "uniform", "pairs"},
+    "ipo": {"on_policy", "reference", "stale", "replay", "offline", "uniform", "pairs"},
 }
 
 

@@ -6,7 +6,8 @@ import torch
 
 from algorithms.base import ConfigError, aggregate
 from algorithms.dpo import DPO
-from algorithms.grpo import GRPO, k3_kl
+from algorithms import kl
+from algorithms.grpo import GRPO
 from algorithms.gvpo import GVPO
 from algorithms.rs import RS
 from algorithms.sft import SFT
@@ -35,7 +36,9 @@ def test_rs_weights_the_best_response_and_skips_groups_with_nothing_right():
 def test_grpo_weight_is_the_standardised_reward_on_policy():
     # group [1, 0]: mean 0.5, sample std sqrt(0.5) -> A = +-0.5 / (sqrt(0.5) + eps)
     rollout = rollout_from_lists([1.0, 0.0], group_size=2, lengths=[2, 1])
-    weights, _ = GRPO(beta=0.0, group_size=2, std_eps=0.0).weights(torch.zeros(2, 2, dtype=torch.float64), rollout)
+    algorithm = GRPO(beta=0.0, group_size=2, std_eps=0.0)
+    algorithm.prepare(rollout)
+    weights, _ = algorithm.weights(torch.zeros(2, 2, dtype=torch.float64), rollout)
     a = 0.5 / math.sqrt(0.5)
     assert torch.allclose(weights, torch.tensor([[a, a], [-a, 0.0]], dtype=torch.float64))
 
@@ -47,18 +50,26 @@ def test_grpo_clipping_and_k3_weight_by_hand():
     # ratios: [1.5 (A>0, above 1.2: clipped), 0.5 (A>0, below: kept)], [1.5 (A<0: kept), 0.5 (A<0, below 0.8: clipped)]
     rollout.sampler_logprobs = torch.log(torch.tensor([[0.4, 0.4], [0.2, 0.8]], dtype=torch.float64))
     rollout.ref_logprobs = torch.log(torch.tensor([[0.3, 0.2], [0.6, 0.1]], dtype=torch.float64))  # r = [.5, 1], [2, .25]
-    weights, metrics = GRPO(beta=0.1, group_size=2, std_eps=0.0).weights(logprobs, rollout)
+    algorithm = GRPO(beta=0.1, group_size=2, std_eps=0.0)
+    algorithm.prepare(rollout)
+    weights, metrics = algorithm.weights(logprobs, rollout)
     expected = torch.tensor([[0 + 0.1 * (0.5 - 1), 0.5 * a + 0.0], [-1.5 * a + 0.1 * (2 - 1), 0 + 0.1 * (0.25 - 1)]],
                             dtype=torch.float64)
     assert torch.allclose(weights, expected)
     assert metrics["clip_fraction"] == 0.5
 
 
-def test_k3_is_zero_at_equal_policies_and_positive_otherwise():
+def test_kl_estimators_and_their_loss_weights_by_hand():
     l = torch.log(torch.tensor([0.5, 0.5]))
-    assert torch.allclose(k3_kl(l, l), torch.zeros(2))
-    ref = torch.log(torch.tensor([0.25, 0.5]))  # r = 0.5: k3 = 0.5 - log 0.5 - 1
-    assert torch.allclose(k3_kl(l, ref), torch.tensor([0.5 + math.log(2) - 1, 0.0]))
+    ref = torch.log(torch.tensor([0.25, 0.5]))  # d = log 2, r = 0.5
+    d = math.log(2)
+    assert torch.allclose(kl.estimate(l, ref, "k1"), torch.tensor([d, 0.0]))
+    assert torch.allclose(kl.estimate(l, ref, "k2"), torch.tensor([d * d / 2, 0.0]))
+    assert torch.allclose(kl.estimate(l, ref, "k3"), torch.tensor([0.5 + d - 1, 0.0]))
+    for estimator in kl.ESTIMATORS:  # the loss weight is -beta * dk/dl, checked by autograd
+        x = l.clone().requires_grad_(True)
+        (0.3 * kl.estimate(x, ref, estimator)).sum().backward()
+        assert torch.allclose(kl.loss_weight(l, ref, estimator, 0.3), -x.grad)
 
 
 def test_dpo_weights_on_best_and_worst_by_hand():

@@ -62,4 +62,10 @@ def check_config(cfg, choices: dict) -> object:
                           f"({sampler.source} responses); it needs {' or '.join(sources)} responses")
     if sampler.needs_enumerable_task and not getattr(get_class(cfg.task._target_), "enumerable", False):
         raise ConfigError(f"sampler={choices['sampler']} needs an enumerable task (task=exact), got task={choices['task']}")
+    if cfg.algorithm.get("supervision") == "process":
+        if not getattr(get_class(cfg.task._target_), "step_rewards", False):
+            raise ConfigError(f"algorithm.supervision=process needs a task with step rewards (task=chain_steps), "
+                              f"got task={choices['task']}")
+        if not sampler.provides_step_rewards:
+            raise ConfigError(f"algorithm.supervision=process needs a sampler that generates, got sampler={choices['sampler']}")
     return build(cfg.algorithm)

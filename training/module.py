@@ -1,17 +1,23 @@
-"""The LightningModule: rollout -> reward -> weights -> one loss -> optimiser step.
+"""The LightningModule: rollout -> reward -> weights -> one loss -> optimiser steps.
 
 Manual optimisation: one `training_step` receives a batch of prompts, asks the sampler for a
-rollout, then makes `update_epochs` optimiser steps on it. `trainer.max_steps` therefore counts
-optimiser steps (Lightning's `global_step`), which equals rollouts when update_epochs is 1.
-Lightning keeps devices, strategies, loggers, callbacks and the progress bar.
+rollout, lets the algorithm prepare it once (e.g. PPO's values and GAE), then makes
+update_epochs x minibatches optimiser steps on it, each minibatch made of whole groups.
+`trainer.max_steps` therefore counts optimiser steps (Lightning's `global_step`); with one epoch
+and one minibatch it counts rollouts. Lightning keeps devices, strategies, loggers, callbacks and
+the progress bar.
+
+The loss of a minibatch is the weighted log-likelihood surrogate, plus the algorithm's auxiliary
+loss (PPO's critic), minus entropy_coef times the mean token entropy (an exact entropy of the
+next-token distributions, the one term that is not a weighted log-likelihood; default 0).
 """
-import math
 import time
+from collections import defaultdict
 from dataclasses import asdict, dataclass
 
 import lightning as L
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from algorithms.base import aggregate, sequence_logprobs
 from models.lm import token_logprobs
@@ -50,20 +56,24 @@ class Budget:
 
 class PostTrainingModule(L.LightningModule):
     def __init__(self, policy, tokenizer, algorithm, sampler, reference, optimizer, evaluator=None, scheduler=None,
-                 update_epochs: int = 1, max_grad_norm: float | None = 1.0, norm_length: int | None = None):
+                 update_epochs: int = 1, minibatches: int = 1, max_grad_norm: float | None = 1.0,
+                 entropy_coef: float = 0.0, kl_diagnostic: bool = True, norm_length: int | None = None):
         super().__init__()
         self.automatic_optimization = False
         self.policy, self.reference = policy.train(), reference  # reference may be None (e.g. SFT)
         self.tokenizer, self.algorithm, self.sampler = tokenizer, algorithm, sampler
+        self.extras = nn.ModuleDict(algorithm.setup(policy))  # e.g. PPO's critic, trained alongside
         self.optimizer_factory, self.scheduler_factory, self.evaluator = optimizer, scheduler, evaluator
-        self.update_epochs, self.max_grad_norm = update_epochs, max_grad_norm
+        self.update_epochs, self.minibatches, self.max_grad_norm = update_epochs, minibatches, max_grad_norm
+        self.entropy_coef, self.kl_diagnostic = entropy_coef, kl_diagnostic and reference is not None
         self.norm_length = norm_length  # constant length of the seq-mean-token-sum-norm aggregation
         self.budget = Budget()
         self.last_rollout: Rollout | None = None
         self._start = None
 
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(params=[p for p in self.policy.parameters() if p.requires_grad])
+        params = [p for p in list(self.policy.parameters()) + list(self.extras.parameters()) if p.requires_grad]
+        optimizer = self.optimizer_factory(params=params)
         if self.scheduler_factory is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"}}
@@ -71,36 +81,56 @@ class PostTrainingModule(L.LightningModule):
     def on_train_start(self) -> None:
         self._start = time.perf_counter() - self.budget.wall_seconds
 
-    def policy_logprobs(self, rollout: Rollout) -> Tensor:  # (B, T), with grad
-        return token_logprobs(self.policy, rollout.prompt_ids, rollout.prompt_mask, rollout.response_ids, rollout.response_mask)
+    def policy_logprobs(self, rollout: Rollout, entropy: str | None = None):  # (B, T), with grad
+        return token_logprobs(self.policy, rollout.prompt_ids, rollout.prompt_mask, rollout.response_ids,
+                              rollout.response_mask, entropy=entropy)
 
     def training_step(self, rows: list[dict], batch_idx: int) -> None:
         rollout = self.sampler.sample(rows, self.policy).to(self.device)
         self.budget.add(rollout)
-        if self.algorithm.needs_reference:
+        if self.algorithm.needs_reference or self.kl_diagnostic:
             rollout.ref_logprobs = self.reference.logprobs(rollout)
-        if rollout.sampler_logprobs is None and self.update_epochs > 1:
-            with torch.no_grad():
+        single_update = self.update_epochs * self.minibatches == 1
+        if rollout.sampler_logprobs is None and (not single_update or self.algorithm.prepare_needs_sampler_logprobs):
+            with torch.no_grad():  # the policy before any update sampled this rollout
                 rollout.sampler_logprobs = self.policy_logprobs(rollout)
+        with torch.no_grad():
+            self.algorithm.prepare(rollout)
+        history = defaultdict(list)
         for _ in range(self.update_epochs):
-            metrics = self._update(rollout)
+            for groups in torch.randperm(rollout.num_groups, device=self.device).chunk(self.minibatches):
+                for key, value in self._update(rollout.select_groups(groups) if not single_update else rollout).items():
+                    history[key].append(value)
         self.last_rollout = rollout
         self.budget.wall_seconds = time.perf_counter() - self._start
-        metrics |= self._rollout_metrics(rollout) | self.budget.metrics()
-        self.log_dict(metrics, on_step=True, prog_bar=False, batch_size=rollout.num_groups)
+        metrics = {key: max(values) if key.endswith("_max") else sum(values) / len(values) for key, values in history.items()}
+        self.log_dict(metrics | self._rollout_metrics(rollout) | self.budget.metrics(), on_step=True,
+                      batch_size=rollout.num_groups)
         self.log("train/reward", rollout.rewards.mean(), prog_bar=True, batch_size=rollout.num_groups)
 
-    def _update(self, rollout: Rollout) -> dict[str, float]:
-        """One optimiser step on the rollout; returns train/ and algo/ metrics."""
+    def _update(self, batch: Rollout) -> dict[str, float]:
+        """One optimiser step on a minibatch; returns train/ and algo/ metrics."""
         optimizer = self.optimizers()
-        logprobs = self.policy_logprobs(rollout)
-        if rollout.sampler_logprobs is None:  # on-policy, first update: the current policy sampled
-            rollout.sampler_logprobs = logprobs.detach()
-        weights, algo_metrics = self.algorithm.weights(logprobs.detach(), rollout)
-        loss = weighted_log_likelihood_loss(logprobs, weights, rollout.response_mask, self.algorithm.loss_agg,
-                                            rollout.group_size, self.norm_length)
-        metrics = {"train/loss": loss.item(), "train/lr": optimizer.param_groups[0]["lr"],
-                   "algo/objective": self.algorithm.objective(logprobs.detach(), rollout).item()}
+        logprobs, entropy = self.policy_logprobs(batch, entropy="grad" if self.entropy_coef else "detached")
+        if batch.sampler_logprobs is None:  # on-policy, single update: the current policy sampled
+            batch.sampler_logprobs = logprobs.detach()
+        weights, algo_metrics = self.algorithm.weights(logprobs.detach(), batch)
+        mask, agg = batch.response_mask, self.algorithm.loss_agg
+        loss = weighted_log_likelihood_loss(logprobs, weights, mask, agg, batch.group_size, self.norm_length)
+        aux = self.algorithm.aux_loss(batch)
+        if aux is not None:
+            loss = loss + aux[0]
+            algo_metrics |= aux[1]
+        if self.entropy_coef:
+            loss = loss - self.entropy_coef * aggregate(entropy, mask, agg, batch.group_size, self.norm_length)
+        ratio = torch.exp(logprobs.detach() - batch.sampler_logprobs)[mask.bool()]
+        metrics = {
+            "train/loss": loss.item(), "train/lr": optimizer.param_groups[0]["lr"],
+            "train/entropy": (entropy.detach().sum() / mask.sum()).item(),
+            "train/ratio_mean": ratio.mean().item(), "train/ratio_max": ratio.max().item(),
+            "train/clip_fraction": algo_metrics.pop("clip_fraction", 0.0),
+            "algo/objective": self.algorithm.objective(logprobs.detach(), batch).item(),
+        }
         metrics |= {f"algo/{key}": value for key, value in algo_metrics.items()}
         if not torch.isfinite(loss):
             metrics["train/nonfinite_loss"] = 1.0  # reported, the step is skipped
@@ -108,7 +138,8 @@ class PostTrainingModule(L.LightningModule):
         optimizer.zero_grad()
         self.manual_backward(loss)
         if self.max_grad_norm:
-            metrics["train/grad_norm"] = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm).item()
+            params = list(self.policy.parameters()) + list(self.extras.parameters())
+            metrics["train/grad_norm"] = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm).item()
         optimizer.step()
         if self.lr_schedulers() is not None:
             self.lr_schedulers().step()  # manual optimisation: Lightning leaves the scheduler to us
@@ -123,7 +154,7 @@ class PostTrainingModule(L.LightningModule):
             "train/response_length": mask.sum(-1).float().mean().item(),
             "train/zero_spread_groups": (grouped.max(1).values == grouped.min(1).values).float().mean().item(),
         }
-        if rollout.ref_logprobs is not None and self.sampler.source == "policy":
+        if rollout.ref_logprobs is not None:
             # k1 estimate of KL(pi_sampler || pi_ref) per response, on the sampled responses
             log_ratio = sequence_logprobs(rollout.sampler_logprobs, mask) - sequence_logprobs(rollout.ref_logprobs, mask)
             metrics["train/kl_ref"] = log_ratio.mean().item()

@@ -19,7 +19,10 @@ class Rollout:
     sampler_logprobs: Tensor | None = None  # (B, T) log-probs of the policy that sampled; None: the
     #                                          current policy did, before this rollout's first update
     ref_logprobs: Tensor | None = None  # (B, T) filled by the module when the algorithm needs pi_ref
+    step_rewards: Tensor | None = None  # (B, T) process supervision: a step's reward at its last token
+    step_mask: Tensor | None = None  # (B, T) 1 at the last token of each step
     generated_groups: int | None = None  # groups sampled for this batch (the first ones); None: all
+    extras: dict[str, Tensor] = field(default_factory=dict)  # (B, ...) each, set by algorithm.prepare
     prompts: list[str] = field(default_factory=list)  # (B,) text, for logs
     completions: list[str] = field(default_factory=list)  # (B,)
 
@@ -27,17 +30,20 @@ class Rollout:
     def num_groups(self) -> int:
         return self.rewards.shape[0] // self.group_size
 
+    def _map(self, fn) -> dict:
+        """fn applied to every row-aligned tensor, extras included, as replace() arguments."""
+        tensors = {f.name: fn(getattr(self, f.name)) for f in fields(self) if isinstance(getattr(self, f.name), Tensor)}
+        return tensors | {"extras": {key: fn(value) for key, value in self.extras.items()}}
+
     def to(self, device) -> "Rollout":
-        moved = {f.name: getattr(self, f.name).to(device) for f in fields(self) if isinstance(getattr(self, f.name), Tensor)}
-        return replace(self, **moved)
+        return replace(self, **self._map(lambda t: t.to(device)))
 
     def select_groups(self, groups: Tensor) -> "Rollout":
         """The sub-rollout made of whole groups `groups` (G',)."""
         k = self.group_size
         rows = (groups.unsqueeze(1) * k + torch.arange(k, device=groups.device)).view(-1)
-        picked = {f.name: getattr(self, f.name)[rows] for f in fields(self) if isinstance(getattr(self, f.name), Tensor)}
         text = {name: [getattr(self, name)[i] for i in rows.tolist()] for name in ("prompts", "completions") if getattr(self, name)}
-        return replace(self, **picked, **text)
+        return replace(self, **self._map(lambda t: t[rows.to(t.device)]), **text, generated_groups=None)
 
 
 def concat(parts: list[Rollout]) -> Rollout:
@@ -58,6 +64,7 @@ def concat(parts: list[Rollout]) -> Rollout:
         response_ids=stack("response_ids", response_len, left=False), response_mask=stack("response_mask", response_len, left=False),
         rewards=torch.cat([part.rewards for part in parts]), group_size=first.group_size,
         sampler_logprobs=stack("sampler_logprobs", response_len, left=False),
+        step_rewards=stack("step_rewards", response_len, left=False), step_mask=stack("step_mask", response_len, left=False),
         prompts=[text for part in parts for text in part.prompts],
         completions=[text for part in parts for text in part.completions],
     )

@@ -21,6 +21,7 @@ class Sampler:
     source = "policy"
     needs_reference = False  # run.py hands setup() a frozen copy of the initial policy
     needs_enumerable_task = False
+    provides_step_rewards = False  # fills rollout.step_rewards when the reward has `steps`
 
     def __init__(self, tokenizer, reward_fn, generator=None, group_size: int = 1):
         self.tokenizer, self.reward_fn, self.generator = tokenizer, reward_fn, generator
@@ -45,8 +46,24 @@ class Sampler:
                        self.group_size, prompts=prompts, completions=responses)
 
 
+def step_reward_tensors(tokenizer, reward_fn, completions, rows, response_ids, response_mask):
+    """Step rewards (B, T) at the token where each step's text ends, and the mask of those tokens."""
+    rewards = torch.zeros(response_ids.shape, dtype=torch.float32)
+    ends = torch.zeros(response_ids.shape, dtype=torch.long)
+    for i, steps in enumerate(reward_fn.steps(completions, rows)):
+        ids = response_ids[i, : int(response_mask[i].sum())].tolist()
+        decoded = [len(tokenizer.decode(ids[: t + 1], skip_special_tokens=True)) for t in range(len(ids))]
+        for end_char, reward in steps:
+            t = next((t for t, length in enumerate(decoded) if length >= end_char), len(ids) - 1)
+            rewards[i, t] += reward
+            ends[i, t] = 1
+    return rewards.to(response_ids.device), ends.to(response_ids.device)
+
+
 class OnPolicy(Sampler):
     """k responses per prompt from the current policy (temperature and top-p from the generator)."""
+
+    provides_step_rewards = True
 
     def sample(self, rows: list[dict], policy) -> Rollout:
         return self._generate(rows, policy, with_logprobs=False)
@@ -62,6 +79,10 @@ class OnPolicy(Sampler):
                           self.group_size, prompts=prompts, completions=completions)
         if with_logprobs:
             rollout.sampler_logprobs = token_logprobs(model, prompt_ids, prompt_mask, response_ids, response_mask)
+        if hasattr(self.reward_fn, "steps"):
+            repeated = [row for row in rows for _ in range(self.group_size)]
+            rollout.step_rewards, rollout.step_mask = step_reward_tensors(
+                self.tokenizer, self.reward_fn, completions, repeated, response_ids, response_mask)
         return rollout
 
 
