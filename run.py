@@ -14,8 +14,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from hydra.utils import instantiate
+
 from algorithms.base import ConfigError
 from training.checks import build, check_config, check_overrides
+from training.summary import write_failure, write_summary
 
 os.environ.setdefault("WANDB_SILENT", "true")
 warnings.filterwarnings("ignore", message=".*(LeafSpec|does not have many workers|no `val_dataloader`|module\(s\) in eval mode).*")
@@ -30,35 +33,14 @@ def train(cfg: DictConfig) -> dict:
     import lightning as L  # heavy imports after the checks
 
     logging.getLogger("lightning").handlers.clear()  # Lightning's info goes to run.log, not the console
-    from hydra.utils import instantiate
-
-    from models.build import from_pretrained
-    from models.lm import restrict_vocabulary
-    from models.reference import FrozenReference
     from training.data import prompt_loader
-    from training.summary import write_summary
-    from training.warmstart import warm_start
 
-    output_dir = hydra_cfg.runtime.output_dir
     task = build(cfg.task)
-    warm = warm_start(cfg, task) if cfg.warmstart.steps > 0 else None
-    policy, tokenizer = from_pretrained(str(warm)) if warm else instantiate(cfg.model)
-    if task.response_tokens:
-        restrict_vocabulary(policy, tokenizer, task.response_tokens)
+    module, warm = build_module(cfg, algorithm, task)
     L.seed_everything(cfg.seed, workers=True)
-    generator = instantiate(cfg.generation)
-    sampler = build(cfg.sampler, _partial_=True)(tokenizer=tokenizer, reward_fn=task.reward, generator=generator)
-    wants_reference = algorithm.needs_reference or sampler.needs_reference or cfg.module.kl_diagnostic
-    reference = FrozenReference(policy) if wants_reference else None
-    sampler.setup(policy, reference, task)
-    module = instantiate(cfg.module)(policy=policy, tokenizer=tokenizer, algorithm=algorithm, sampler=sampler,
-                                     reference=reference, optimizer=instantiate(cfg.optimizer),
-                                     scheduler=instantiate(cfg.scheduler),
-                                     evaluator=task.evaluator(policy, tokenizer, generator, cfg.beta))
     loggers = [instantiate(spec) for spec in (cfg.get("logger") or {}).values()]
     callbacks = [instantiate(spec) for spec in cfg.callbacks.values()]
     trainer = instantiate(cfg.trainer, _partial_=True)(logger=loggers or False, callbacks=callbacks)
-
     train_loader = prompt_loader(task.train_dataset(), cfg.prompts_per_step, shuffle=True, seed=cfg.seed)
     val_loader = prompt_loader(task.val_dataset(), len(task.val_dataset()), shuffle=False)
     try:
@@ -68,15 +50,38 @@ def train(cfg: DictConfig) -> dict:
     finally:
         finish_wandb()
     values = {
+        "status": "completed",
         "steps": trainer.global_step,
         **after,  # val/reward, val/accuracy and, on the exact task, exact/*
         **{f"ref/{key}": value for key, value in before.items()},  # the same for the policy before training
         **module.budget.metrics(),
         "wall_seconds": time.perf_counter() - start,
         "warmstart": str(warm) if warm else None,
-        "output_dir": output_dir,
     }
-    return write_summary(output_dir, cfg, dict(hydra_cfg.runtime.choices), values)
+    return write_summary(hydra_cfg.runtime.output_dir, cfg, dict(hydra_cfg.runtime.choices), values)
+
+
+def build_module(cfg: DictConfig, algorithm, task):
+    """The policy (warm-started if configured), its reference, sampler and evaluator, in the module."""
+    from models.build import from_pretrained
+    from models.lm import restrict_vocabulary
+    from models.reference import FrozenReference
+    from training.warmstart import warm_start
+
+    warm = warm_start(cfg, task) if cfg.warmstart.steps > 0 else None
+    policy, tokenizer = from_pretrained(str(warm)) if warm else instantiate(cfg.model)
+    if task.response_tokens:
+        restrict_vocabulary(policy, tokenizer, task.response_tokens)
+    generator = instantiate(cfg.generation)
+    sampler = build(cfg.sampler, _partial_=True)(tokenizer=tokenizer, reward_fn=task.reward, generator=generator)
+    wants_reference = algorithm.needs_reference or sampler.needs_reference or cfg.module.kl_diagnostic
+    reference = FrozenReference(policy) if wants_reference else None
+    sampler.setup(policy, reference, task)
+    module = instantiate(cfg.module)(policy=policy, tokenizer=tokenizer, algorithm=algorithm, sampler=sampler,
+                                     reference=reference, optimizer=instantiate(cfg.optimizer),
+                                     scheduler=instantiate(cfg.scheduler),
+                                     evaluator=task.evaluator(policy, tokenizer, generator, cfg.beta))
+    return module, warm
 
 
 def finish_wandb() -> None:
@@ -89,11 +94,17 @@ def finish_wandb() -> None:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
+    """Returns the metric a sweeper optimises. A failed job leaves summary.json with its error line;
+    in a multirun the other jobs still run (Hydra raises after the last)."""
     try:
         return train(cfg)["val/accuracy"]
-    except ConfigError as error:
+    except Exception as error:
+        hydra_cfg = HydraConfig.get()
+        write_failure(hydra_cfg.runtime.output_dir, cfg, dict(hydra_cfg.runtime.choices), error)
+        if not isinstance(error, ConfigError):
+            raise
         print(f"error: {error}", file=sys.stderr)
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
+        if hydra_cfg.mode == RunMode.MULTIRUN:
             raise
         sys.exit(2)
 

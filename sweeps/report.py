@@ -1,27 +1,35 @@
-"""Read a multirun directory's summary.json files and write a markdown table.
+"""Report on a multirun directory: a markdown table (mean and 95% confidence interval over seeds of
+each final metric, one row per configuration), the failed jobs with their error line, and PNG
+plots of a metric against optimizer steps or any budget (one line per configuration, shaded from
+the lowest to the highest seed).
 
-    python -m sweeps.report multirun/exact_samplers --metric exact/kl_to_optimum --rows algorithm --columns sampler
+    python -m sweeps.report multirun/algorithms
+    python -m sweeps.report multirun/algorithms --plot val/accuracy --x budget/tokens_generated --at budget/tokens_generated=100000
+    python -m sweeps.report multirun/exact_samplers --metrics exact/kl_to_optimum --pivot algorithm,sampler
 
-Each cell is the mean over seeds with a 95% confidence interval (Student t) and the count of seeds.
+A configuration is a job's Hydra overrides without `seed`. Curves come from each job's CSV log.
 """
 import argparse
+import csv
 import json
 import math
 import statistics
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
+import yaml
 
 # two-sided 95% Student t quantiles by degrees of freedom; 1.96 beyond
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
        15: 2.131, 20: 2.086, 30: 2.042}
+DEFAULT_METRICS = ("val/accuracy", "val/reward", "exact/kl_to_optimum", "exact/reward", "budget/tokens_generated",
+                   "wall_seconds")
 
 
 def t95(dof: int) -> float:
-    return T95.get(dof) or next((T95[d] for d in sorted(T95) if d >= dof), 1.96)
-
-
-def load_summaries(directory: Path) -> list[dict]:
-    return [json.loads(path.read_text()) for path in sorted(directory.rglob("summary.json"))]
+    return next((T95[d] for d in sorted(T95) if d >= dof), 1.96)
 
 
 def mean_ci(values: list[float]) -> tuple[float, float]:
@@ -32,39 +40,175 @@ def mean_ci(values: list[float]) -> tuple[float, float]:
     return mean, t95(len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
 
 
-def fmt(mean: float, half: float, count: int) -> str:
-    digits = lambda x: f"{x:.2g}" if abs(x) < 0.01 else f"{x:.3f}"
-    return f"{digits(mean)} ± {digits(half)} (n={count})" if not math.isnan(half) else f"{digits(mean)} (n={count})"
+def fmt(mean: float, half: float, count: int | None = None) -> str:
+    digits = lambda x: f"{x:.2g}" if abs(x) < 0.01 else (f"{x:.3f}" if abs(x) < 100 else f"{x:,.0f}")
+    text = digits(mean) if math.isnan(half) else f"{digits(mean)} ± {digits(half)}"
+    return text if count is None else f"{text} (n={count})"
 
 
-def pivot_table(summaries: list[dict], metric: str, rows: str, columns: str) -> str:
+@dataclass
+class Run:
+    directory: Path
+    summary: dict
+    label: str  # the configuration: overrides without seed
+
+    @property
+    def failed(self) -> bool:
+        return self.summary.get("status") == "failed"
+
+
+def load_runs(directory: Path, ignore: tuple[str, ...] = ("seed",)) -> list[Run]:
+    """Every job with a summary.json under directory; its label is its overrides that vary across
+    the jobs, `seed` aside (Hydra's .hydra/overrides.yaml, else the summary's algorithm and sampler)."""
+    found = []
+    for path in sorted(directory.rglob("summary.json")):
+        summary = json.loads(path.read_text())
+        overrides_file = path.parent / ".hydra" / "overrides.yaml"
+        if overrides_file.exists():
+            overrides = yaml.safe_load(overrides_file.read_text()) or []
+        else:
+            overrides = [f"{key}={summary[key]}" for key in ("algorithm", "sampler") if key in summary]
+        found.append((path.parent, summary, [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in ignore]))
+    shared = set.intersection(*(set(o) for _, _, o in found)) if len(found) > 1 else set()
+    return [Run(d, s, ",".join(o for o in overrides if o not in shared) or "(default)") for d, s, overrides in found]
+
+
+def by_label(runs: list[Run]) -> dict[str, list[Run]]:
+    groups = defaultdict(list)
+    for run in runs:
+        groups[run.label].append(run)
+    return dict(sorted(groups.items()))
+
+
+def table(runs: list[Run], metrics: list[str], at: tuple[str, float] | None = None, metric_at: str | None = None) -> str:
+    done = [run for run in runs if not run.failed]
+    metrics = [m for m in metrics if any(run.summary.get(m) is not None for run in done)]
+    extra = [f"{metric_at} at {at[0]}={at[1]:g}"] if at and metric_at else []
+    lines = ["| configuration | seeds | " + " | ".join(metrics + extra) + " |", "|---" * (len(metrics) + len(extra) + 2) + "|"]
+    for label, group in by_label(done).items():
+        cells = []
+        for metric in metrics:
+            values = [run.summary[metric] for run in group if run.summary.get(metric) is not None]
+            cells.append(fmt(*mean_ci(values)) if values else "")
+        if extra:
+            values = [v for v in (value_at(run, metric_at, *at) for run in group) if not math.isnan(v)]
+            cells.append(fmt(*mean_ci(values), len(values)) if values else "beyond the runs")
+        lines.append(f"| {label} | {len(group)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def pivot(runs: list[Run], metric: str, rows: str, columns: str) -> str:
     cells = defaultdict(list)
-    for summary in summaries:
-        if summary.get(metric) is not None:
-            cells[(summary[rows], summary[columns])].append(summary[metric])
+    for run in runs:
+        if not run.failed and run.summary.get(metric) is not None:
+            cells[(run.summary[rows], run.summary[columns])].append(run.summary[metric])
     row_keys = sorted({r for r, _ in cells}, key=str)
     column_keys = sorted({c for _, c in cells}, key=str)
-    lines = [f"| {rows} \\ {columns} | " + " | ".join(map(str, column_keys)) + " |",
-             "|---" * (len(column_keys) + 1) + "|"]
+    lines = [f"| {rows} \\ {columns} | " + " | ".join(map(str, column_keys)) + " |", "|---" * (len(column_keys) + 1) + "|"]
     for r in row_keys:
         values = [fmt(*mean_ci(cells[(r, c)]), len(cells[(r, c)])) if cells[(r, c)] else "" for c in column_keys]
         lines.append(f"| {r} | " + " | ".join(values) + " |")
     return "\n".join(lines)
 
 
+def failures(runs: list[Run]) -> str:
+    failed = [run for run in runs if run.failed]
+    if not failed:
+        return ""
+    return "Failed jobs:\n\n" + "\n".join(f"- `{run.label}` ({run.directory.name}): {run.summary.get('error', '')}"
+                                          for run in failed)
+
+
+def curve(run: Run, metric: str, x: str) -> tuple[np.ndarray, np.ndarray]:
+    """The metric at each validation of a run, against x (`step` or a budget/ key)."""
+    files = sorted(run.directory.glob("csv/*/metrics.csv"))
+    if not files:
+        return np.array([]), np.array([])
+    rows = list(csv.DictReader(files[-1].open()))
+    budget_at_step, points = {}, []
+    for row in rows:
+        if row.get(x):
+            budget_at_step[int(row["step"])] = float(row[x])
+    for row in rows:
+        if row.get(metric):
+            step = int(row["step"])
+            if x == "step":
+                points.append((step, float(row[metric])))
+            else:
+                before = [s for s in budget_at_step if s <= step]
+                points.append((budget_at_step[max(before)] if before else 0.0, float(row[metric])))
+    points.sort()
+    return np.array([p[0] for p in points], dtype=float), np.array([p[1] for p in points], dtype=float)
+
+
+def value_at(run: Run, metric: str, x: str, value: float) -> float:
+    xs, ys = curve(run, metric, x)
+    if len(xs) == 0 or value > xs.max():
+        return float("nan")
+    return float(np.interp(value, xs, ys))
+
+
+def plot(runs: list[Run], metric: str, x: str, path: Path, logy: bool = False) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    axes.set_prop_cycle(color=plt.cm.tab20.colors)
+    drawn = False
+    for label, group in by_label([run for run in runs if not run.failed]).items():
+        curves = [c for c in (curve(run, metric, x) for run in group) if len(c[0]) > 1]
+        if not curves:
+            continue
+        low, high = max(c[0].min() for c in curves), min(c[0].max() for c in curves)
+        grid = np.linspace(low, high, 60) if high > low else curves[0][0]
+        values = np.stack([np.interp(grid, xs, ys) for xs, ys in curves])
+        line, = axes.plot(grid, values.mean(0), label=f"{label} (n={len(curves)})")
+        axes.fill_between(grid, values.min(0), values.max(0), color=line.get_color(), alpha=0.2)
+        drawn = True
+    if not drawn:
+        plt.close(figure)
+        return None
+    axes.set_xlabel(x)
+    axes.set_ylabel(metric)
+    if logy:
+        axes.set_yscale("log")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("directory", type=Path)
-    parser.add_argument("--metric", default="val/accuracy")
-    parser.add_argument("--rows", default="algorithm")
-    parser.add_argument("--columns", default="sampler")
-    parser.add_argument("--out", type=Path, help="also write the table to this file")
+    parser.add_argument("--metrics", default=",".join(DEFAULT_METRICS), help="comma-separated summary keys")
+    parser.add_argument("--pivot", help="ROWS,COLUMNS: one table of the first metric, e.g. algorithm,sampler")
+    parser.add_argument("--plot", default="val/accuracy", help="metric to plot against --x ('' for none)")
+    parser.add_argument("--x", default="step,budget/tokens_generated", help="comma-separated x-axes")
+    parser.add_argument("--at", help="KEY=VALUE: also tabulate --plot's metric at this budget, e.g. budget/tokens_generated=1e5")
+    parser.add_argument("--logy", action="store_true", help="log-scale y axis")
+    parser.add_argument("--out", type=Path, help="markdown file (default <directory>/report.md)")
     args = parser.parse_args(argv)
-    table = pivot_table(load_summaries(args.directory), args.metric, args.rows, args.columns)
-    if args.out:
-        args.out.write_text(f"{args.metric}, mean ± 95% CI over seeds\n\n{table}\n")
-    print(table)
-    return table
+    runs = load_runs(args.directory)
+    metrics = args.metrics.split(",")
+    at = (args.at.split("=")[0], float(args.at.split("=")[1])) if args.at else None
+    if args.pivot:
+        rows, columns = args.pivot.split(",")
+        body = f"{metrics[0]}, mean ± 95% CI over seeds\n\n" + pivot(runs, metrics[0], rows, columns)
+    else:
+        body = "Mean ± 95% CI over seeds\n\n" + table(runs, metrics, at, args.plot or None)
+    name = lambda x: args.directory / f"{args.plot.replace('/', '_')}_vs_{x.replace('/', '_')}.png"
+    images = [plot(runs, args.plot, x, name(x), args.logy) for x in args.x.split(",")] if args.plot else []
+    body += "".join(f"\n\n![{image.stem}]({image.name})" for image in images if image)
+    body += ("\n\n" + failures(runs)) if failures(runs) else ""
+    out = args.out or args.directory / "report.md"
+    out.write_text(body + "\n")
+    print(body)
+    return body
 
 
 if __name__ == "__main__":

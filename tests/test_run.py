@@ -109,7 +109,12 @@ def test_bad_input_is_refused_in_one_line_before_training(args, message, tmp_pat
     assert proc.returncode != 0
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith(f"error: {message}"), proc.stderr
-    assert not (tmp_path / "cache").exists() and not (tmp_path / "summary.json").exists()  # nothing was trained
+    assert not (tmp_path / "cache").exists()  # nothing was trained, not even the warm start
+    if "is not an option" in message:  # refused from the command line, before Hydra starts a job
+        assert not (tmp_path / "summary.json").exists()
+    else:  # refused inside the job, which records why
+        summary = json.loads((tmp_path / "summary.json").read_text())
+        assert summary["status"] == "failed" and message in summary["error"] and "steps" not in summary
     assert seconds < 30
 
 

@@ -8,6 +8,7 @@ from omegaconf import OmegaConf
 
 def write_summary(output_dir: str, cfg, choices: dict, values: dict) -> dict:
     summary = {
+        "output_dir": str(output_dir),
         "algorithm": choices.get("algorithm"),
         "task": choices.get("task"),
         "model": choices.get("model"),
@@ -22,5 +23,15 @@ def write_summary(output_dir: str, cfg, choices: dict, values: dict) -> dict:
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    try:
+        resolved = OmegaConf.to_yaml(cfg, resolve=True)
+    except Exception:  # a failed run's config may not resolve (e.g. a missing model.path)
+        resolved = OmegaConf.to_yaml(cfg)
+    (out / "config.yaml").write_text(resolved)
     return summary
+
+
+def write_failure(output_dir: str, cfg, choices: dict, error: BaseException) -> dict:
+    """A failed run's summary: status, the error's first line, and what was asked for."""
+    line = (str(error).strip().splitlines() or [""])[0]
+    return write_summary(output_dir, cfg, choices, {"status": "failed", "error": f"{type(error).__name__}: {line}"})
