@@ -1,0 +1,86 @@
+"""Sweeps and the report: a real multirun, its table checked against the runs' summaries, valid
+PNG plots, a failing job that leaves the others intact, the Optuna example, W&B groups and tags."""
+import json
+import math
+import statistics
+
+import matplotlib.image
+import pytest
+
+from sweeps.report import load_runs, main as report
+from tests.conftest import compose_config
+from tests.test_run import TINY, cli
+from training.checks import group_options
+
+SMALL = [*TINY, "trainer.max_steps=4", "logger=csv", "trainer.log_every_n_steps=1"]
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep")
+    proc, _ = cli("-m", "algorithm=sft,gvpo", "seed=0,1", f"hydra.sweep.dir={root / 'runs'}", *SMALL,
+                  env_extra=root / "cache")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return root / "runs"
+
+
+def test_report_table_matches_the_summaries_and_plots_are_images(sweep):
+    text = report([str(sweep), "--metrics", "val/accuracy,budget/tokens_generated", "--x", "step,budget/tokens_generated"])
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in text.splitlines() if line.startswith("| algorithm=")}
+    assert set(rows) == {"algorithm=sft", "algorithm=gvpo"}
+    for algorithm in ("sft", "gvpo"):
+        summaries = [s for s in (json.loads(p.read_text()) for p in sweep.glob("*/summary.json")) if s["algorithm"] == algorithm]
+        assert len(summaries) == 2
+        accuracy = [s["val/accuracy"] for s in summaries]
+        mean = statistics.fmean(accuracy)
+        half = 12.706 * statistics.stdev(accuracy) / math.sqrt(2)
+        cells = rows[f"algorithm={algorithm}"].split(" | ")
+        assert cells[1] == "2"
+        expected = f"{mean:.2g}" if abs(mean) < 0.01 else f"{mean:.3f}"
+        assert cells[2].startswith(expected)
+        if half > 0:
+            assert f"± {half:.2g}" in cells[2] or f"± {half:.3f}" in cells[2]
+    for name in ("val_accuracy_vs_step.png", "val_accuracy_vs_budget_tokens_generated.png"):
+        image = matplotlib.image.imread(sweep / name)
+        assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+        assert (sweep / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "val_accuracy_vs_step.png" in (sweep / "report.md").read_text()
+
+
+def test_value_at_equal_budget(sweep):
+    text = report([str(sweep), "--metrics", "val/accuracy", "--at", "budget/tokens_generated=1", "--plot", "val/accuracy",
+                   "--x", "step"])
+    assert "val/accuracy at budget/tokens_generated=1" in text.splitlines()[2]
+    assert "beyond the runs" in [line for line in text.splitlines() if line.startswith("| algorithm=sft")][0]
+
+
+def test_a_failing_job_leaves_the_other_jobs_and_the_report_intact(tmp_path):
+    runs = tmp_path / "runs"
+    proc, _ = cli("-m", "algorithm=gvpo", "beta=0.1,-1", f"hydra.sweep.dir={runs}", *SMALL, env_extra=tmp_path / "cache")
+    assert proc.returncode != 0  # Hydra reports the failure after running every job
+    loaded = {run.label: run for run in load_runs(runs)}
+    assert loaded["beta=0.1"].summary["status"] == "completed" and loaded["beta=0.1"].summary["steps"] == 4
+    assert loaded["beta=-1"].summary["status"] == "failed"
+    assert "beta=-1 is not allowed for gvpo" in loaded["beta=-1"].summary["error"]
+    text = report([str(runs), "--metrics", "val/accuracy", "--x", "step"])
+    assert "| beta=0.1 | 1 |" in text
+    assert "Failed jobs:" in text and "`beta=-1`" in text and "ConfigError: beta=-1 is not allowed for gvpo" in text
+
+
+def test_optuna_example_tunes_lr(tmp_path):
+    runs = tmp_path / "optuna"
+    proc, _ = cli("-m", "experiment=optuna_lr", "algorithm=gvpo", "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={runs}",
+                  *SMALL, "trainer.val_check_interval=2", env_extra=tmp_path / "cache")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = (runs / "optimization_results.yaml").read_text()
+    assert "best_params" in results and "lr:" in results
+    lrs = [json.loads(p.read_text())["lr"] for p in runs.glob("*/summary.json")]
+    assert len(lrs) == 2 and all(1e-5 <= lr <= 1e-2 for lr in lrs) and lrs[0] != lrs[1]
+
+
+@pytest.mark.parametrize("experiment", group_options("experiment"))
+def test_every_shipped_sweep_composes_with_a_wandb_group_and_tags(experiment, tmp_path):
+    cfg = compose_config([f"experiment={experiment}", "logger=wandb"], tmp_path)
+    assert cfg.sweep == experiment and cfg.hydra.sweep.dir == f"multirun/{experiment}"
+    assert cfg.logger.wandb.group == experiment
+    assert f"seed={cfg.seed}" in cfg.logger.wandb.tags and any(t.startswith("algorithm=") for t in cfg.logger.wandb.tags)
