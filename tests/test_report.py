@@ -17,8 +17,11 @@ def test_report_pivots_runs_by_algorithm_and_sampler(tmp_path):
         (tmp_path / str(i)).mkdir()
         (tmp_path / str(i) / "summary.json").write_text(json.dumps(
             {"algorithm": algorithm, "sampler": sampler, "seed": seed, "exact/kl_to_optimum": kl}))
-    table = main([str(tmp_path), "--metric", "exact/kl_to_optimum", "--out", str(tmp_path / "table.md")])
+    table = main([str(tmp_path), "--metrics", "exact/kl_to_optimum", "--pivot", "algorithm,sampler", "--plot", "",
+                  "--out", str(tmp_path / "table.md")])
     lines = table.splitlines()
+    assert lines[0] == "exact/kl_to_optimum, mean ± 95% CI over seeds"
+    lines = lines[2:]
     assert lines[0] == "| algorithm \\ sampler | on_policy | reference |"
     assert lines[2] == "| dpo |  | 2.000 (n=1) |"
     assert lines[3].startswith("| gvpo | 0.200 ± 1.271 (n=2) |")  # 12.706 * 0.1414 / 1.414
