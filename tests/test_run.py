@@ -63,6 +63,14 @@ def test_offline_dpo_on_pairs(tmp_path, cache_dir):
     assert summary["sampler"] == "pairs" and summary["budget/responses_generated"] == 0
 
 
+def test_how_often_one_validates_does_not_change_training(tmp_path, cache_dir):
+    overrides = ["trainer.max_steps=4", "logger=none", f"cache_dir={cache_dir}", *TINY]
+    every_step = run.train(compose_config([*overrides, "trainer.val_check_interval=1"], tmp_path / "a"))
+    at_the_end = run.train(compose_config([*overrides, "trainer.val_check_interval=4"], tmp_path / "b"))
+    for key in ("budget/tokens_generated", "val/reward", "val/accuracy"):
+        assert every_step[key] == at_the_end[key], key
+
+
 def test_warm_start_is_built_once_and_reused(tmp_path, cache_dir):
     overrides = ["trainer.max_steps=1", "logger=none", f"cache_dir={cache_dir}", *TINY]
     first = run.train(compose_config(overrides, tmp_path / "a"))
