@@ -47,6 +47,7 @@ def test_reference_sampler_samples_the_frozen_initial_policy(tokenizer, exact):
         model.table.add_(1.0 * torch.randn_like(model.table))  # the policy moves, pi_ref does not
     rollout = sampler.sample(task.rows, model)
     assert torch.allclose(rollout.sampler_logprobs, logprobs_under(reference.model, rollout))
+    assert torch.allclose(rollout.ref_logprobs, logprobs_under(reference.model, rollout))  # no second forward needed
     assert not torch.allclose(rollout.sampler_logprobs, logprobs_under(model, rollout).detach())
     assert rollout.rewards.tolist() == pytest.approx(task.reward(rollout.completions, [r for r in task.rows for _ in range(4)]))
 
@@ -99,6 +100,7 @@ def test_offline_groups_are_generated_once_saved_and_reloaded(tokenizer, exact, 
     rollout = second.sample(task.rows[:2], model)
     assert rollout.generated_groups == 0 and rollout.num_groups == 2
     assert torch.allclose(rollout.sampler_logprobs, logprobs_under(reference.model, rollout), atol=1e-6)
+    assert torch.allclose(rollout.ref_logprobs, logprobs_under(reference.model, rollout), atol=1e-6)
     assert rollout.rewards.tolist() == pytest.approx(task.reward(rollout.completions,
                                                                  [task.rows[int(p[1])] for p in rollout.prompts]))
     other = make(Offline, tokenizer, task, num_groups=7, cache_dir=str(tmp_path))

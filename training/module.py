@@ -88,8 +88,8 @@ class PostTrainingModule(L.LightningModule):
     def training_step(self, rows: list[dict], batch_idx: int) -> None:
         rollout = self.sampler.sample(rows, self.policy).to(self.device)
         self.budget.add(rollout)
-        if self.algorithm.needs_reference or self.kl_diagnostic:
-            rollout.ref_logprobs = self.reference.logprobs(rollout)
+        if (self.algorithm.needs_reference or self.kl_diagnostic) and rollout.ref_logprobs is None:
+            rollout.ref_logprobs = self.reference.logprobs(rollout)  # unless pi_ref itself sampled it
         single_update = self.update_epochs * self.minibatches == 1
         if rollout.sampler_logprobs is None and (not single_update or self.algorithm.prepare_needs_sampler_logprobs):
             with torch.no_grad():  # the policy before any update sampled this rollout

@@ -103,6 +103,8 @@ class Offline(Sampler):
             response_ids[i, : len(ids)], response_mask[i, : len(ids)] = torch.tensor(ids), 1
             sampler_logprobs[i, : len(ids)] = torch.tensor(logprobs)
         rewards = torch.tensor([r for group in groups for r in group["rewards"]])
+        # the stored data's key holds the initial policy's weights: with policy=reference, pi_ref sampled it
+        ref_logprobs = sampler_logprobs if self.policy == "reference" else None
         return Rollout(prompt_ids, prompt_mask, response_ids, response_mask, rewards, self.group_size,
-                       sampler_logprobs=sampler_logprobs, prompts=prompts,
+                       sampler_logprobs=sampler_logprobs, ref_logprobs=ref_logprobs, prompts=prompts,
                        completions=[c for group in groups for c in group["completions"]], generated_groups=0)

@@ -18,7 +18,8 @@ class Rollout:
     group_size: int
     sampler_logprobs: Tensor | None = None  # (B, T) log-probs of the policy that sampled; None: the
     #                                          current policy did, before this rollout's first update
-    ref_logprobs: Tensor | None = None  # (B, T) filled by the module when the algorithm needs pi_ref
+    ref_logprobs: Tensor | None = None  # (B, T) pi_ref's; filled by the module when needed, or by a
+    #                                      sampler whose responses pi_ref itself sampled
     step_rewards: Tensor | None = None  # (B, T) process supervision: a step's reward at its last token
     step_mask: Tensor | None = None  # (B, T) 1 at the last token of each step
     generated_groups: int | None = None  # groups sampled for this batch (the first ones); None: all

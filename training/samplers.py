@@ -95,7 +95,9 @@ class Reference(OnPolicy):
         self.model = reference.model
 
     def sample(self, rows: list[dict], policy) -> Rollout:
-        return self._generate(rows, self.model, with_logprobs=True)
+        rollout = self._generate(rows, self.model, with_logprobs=True)
+        rollout.ref_logprobs = rollout.sampler_logprobs  # the sampler is pi_ref: no second forward
+        return rollout
 
 
 class Stale(OnPolicy):
