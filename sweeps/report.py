@@ -148,24 +148,36 @@ def value_at(run: Run, metric: str, x: str, value: float) -> float:
     return float(np.interp(value, xs, ys))
 
 
+def line_styles(labels: list[str], colours) -> dict[str, tuple]:
+    """(colour, line style) per configuration label "a=1,b=2": one colour per value of the first
+    override, one line style per value of the others, so a grid of two factors stays legible."""
+    first = sorted({label.split(",")[0] for label in labels})
+    rest = sorted({",".join(label.split(",")[1:]) for label in labels})
+    dashes = ["-", "--", ":", "-."]
+    return {label: (colours[first.index(label.split(",")[0]) % len(colours)],
+                    dashes[rest.index(",".join(label.split(",")[1:])) % len(dashes)]) for label in labels}
+
+
 def plot(runs: list[Run], metric: str, x: str, path: Path, logy: bool = False) -> Path | None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(7, 4.5))
-    axes.set_prop_cycle(color=plt.cm.tab20.colors)
+    figure, axes = plt.subplots(figsize=(8.5, 4.5))
+    groups = by_label([run for run in runs if not run.failed])
+    styles = line_styles(list(groups), plt.cm.tab10.colors)
     drawn = False
-    for label, group in by_label([run for run in runs if not run.failed]).items():
+    for label, group in groups.items():
         curves = [c for c in (curve(run, metric, x) for run in group) if len(c[0]) > 1]
         if not curves:
             continue
         low, high = max(c[0].min() for c in curves), min(c[0].max() for c in curves)
         grid = np.linspace(low, high, 60) if high > low else curves[0][0]
         values = np.stack([np.interp(grid, xs, ys) for xs, ys in curves])
-        line, = axes.plot(grid, values.mean(0), label=f"{label} (n={len(curves)})")
-        axes.fill_between(grid, values.min(0), values.max(0), color=line.get_color(), alpha=0.2)
+        colour, linestyle = styles[label]
+        axes.plot(grid, values.mean(0), color=colour, linestyle=linestyle, label=f"{label} (n={len(curves)})")
+        axes.fill_between(grid, values.min(0), values.max(0), color=colour, alpha=0.15)
         drawn = True
     if not drawn:
         plt.close(figure)
@@ -175,7 +187,7 @@ def plot(runs: list[Run], metric: str, x: str, path: Path, logy: bool = False) -
     if logy:
         axes.set_yscale("log")
     axes.grid(alpha=0.3)
-    axes.legend(fontsize=7)
+    axes.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)

@@ -2,7 +2,7 @@
 import json
 import math
 
-from sweeps.report import main, mean_ci
+from sweeps.report import line_styles, main, mean_ci
 
 
 def test_mean_and_confidence_interval_by_hand():
@@ -26,3 +26,11 @@ def test_report_pivots_runs_by_algorithm_and_sampler(tmp_path):
     assert lines[2] == "| dpo |  | 2.000 (n=1) |"
     assert lines[3].startswith("| gvpo | 0.200 ± 1.271 (n=2) |")  # 12.706 * 0.1414 / 1.414
     assert table in (tmp_path / "table.md").read_text()
+
+
+def test_line_styles_give_each_cell_of_a_two_factor_grid_its_own_look():
+    labels = [f"algorithm={a},sampler={s}" for a in ("dpo", "grpo", "gvpo", "rs") for s in ("offline", "on_policy", "reference", "replay")]
+    styles = line_styles(labels, ["c0", "c1", "c2", "c3"])
+    assert len(set(styles.values())) == 16
+    assert {styles[f"algorithm=gvpo,sampler={s}"][0] for s in ("offline", "on_policy", "reference", "replay")} == {"c2"}
+    assert {styles[f"algorithm={a},sampler=replay"][1] for a in ("dpo", "grpo", "gvpo", "rs")} == {"-."}
