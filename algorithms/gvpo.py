@@ -18,6 +18,11 @@ whose gradient is exactly -(1/(k-1)) * sum_i w_i * grad L_i.
            with the policy, so repeated updates drift toward the highest-reward responses (a mirror
            descent on E[R] with step 1/beta), not toward the regularised optimum of pi_0.
 
+On-policy, with one update per rollout, this is exactly RLOO with the k1 KL in the reward
+(conf/algorithm/rloo.yaml): the leave-one-out advantage of R_i - beta * (L_i - L_ref_i) is
+k/(k-1) times its centred value (tests/test_gradients.py). The two differ off-policy, after an
+update, or with reference=rollout.
+
 Departures from the authors' released code: that code minimises (1/(k-1)) * sum_i e_i^2 / 2, which
 is beta times this loss, and lets the loss grow with the micro-batch size. Here the loss is averaged
 over groups so it does not depend on batch size, and the default reference is `initial`.

@@ -176,8 +176,8 @@ def plot(runs: list[Run], metric: str, x: str, path: Path, logy: bool = False) -
         grid = np.linspace(low, high, 60) if high > low else curves[0][0]
         values = np.stack([np.interp(grid, xs, ys) for xs, ys in curves])
         colour, linestyle = styles[label]
-        axes.plot(grid, values.mean(0), color=colour, linestyle=linestyle, label=f"{label} (n={len(curves)})")
-        axes.fill_between(grid, values.min(0), values.max(0), color=colour, alpha=0.15)
+        axes.plot(grid, values.mean(0), color=colour, linestyle=linestyle, linewidth=1.8, label=f"{label} (n={len(curves)})")
+        axes.fill_between(grid, values.min(0), values.max(0), color=colour, alpha=0.08)
         drawn = True
     if not drawn:
         plt.close(figure)

@@ -70,3 +70,24 @@ def test_grpo_gradient_equals_clipped_surrogate_minus_k3(model):
 def test_sft_and_rs_gradients_equal_their_nll(model):
     assert_same_gradient(model, SFT(), scored_rollout(model, [1.0] * 4, 1, LENGTHS[:4]))
     assert_same_gradient(model, RS(group_size=4), scored_rollout(model, REWARDS, 4, LENGTHS))
+
+
+def test_on_policy_gvpo_is_rloo_with_the_kl_in_the_reward(model):
+    """On-policy with one update per rollout (pi_sampler = pi_theta), RLOO's leave-one-out advantage of
+    the KL-shaped reward R_i - beta * (L_i - L_ref_i) is k/(k-1) times its centred value, and its
+    seq-mean-token-sum divides by G*k: the same gradient as GVPO's group-mean-token-sum of
+    (centred R - beta * centred log-ratio) / (k-1). Off-policy or after an update they differ."""
+    rollout = scored_rollout(model, REWARDS, 4, LENGTHS, sampler_shift=0.0)  # sampler = current policy
+    gvpo = GVPO(beta=0.3, group_size=4)
+    rloo = GRPO(beta=0.3, group_size=4, baseline="leave_one_out", advantage_norm="none", clip_eps=None,
+                kl_estimator="k1", kl_placement="reward", loss_agg="seq-mean-token-sum")
+
+    def gradient(algorithm, batch):
+        algorithm.prepare(batch)
+        weights, _ = algorithm.weights(logprobs_of(model, batch).detach(), batch)
+        return grads(model, weighted_log_likelihood_loss(logprobs_of(model, batch), weights, batch.response_mask,
+                                                         algorithm.loss_agg, batch.group_size))
+
+    assert torch.allclose(gradient(gvpo, rollout), gradient(rloo, rollout), atol=1e-10, rtol=0)
+    stale = scored_rollout(model, REWARDS, 4, LENGTHS, sampler_shift=0.5)  # another policy sampled
+    assert not torch.allclose(gradient(gvpo, stale), gradient(rloo, stale), atol=1e-4, rtol=0)
