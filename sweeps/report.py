@@ -73,11 +73,24 @@ def load_runs(directory: Path, ignore: tuple[str, ...] = ("seed",)) -> list[Run]
     return [Run(d, s, ",".join(o for o in overrides if o not in shared) or "(default)") for d, s, overrides in found]
 
 
+def natural(value) -> tuple:
+    """Sort key that orders numbers by value (1e-05 < 0.0001) and text alphabetically."""
+    try:
+        return (0, float(value), "")
+    except (TypeError, ValueError):
+        return (1, 0.0, str(value))
+
+
+def label_key(label: str) -> list[tuple]:
+    """Sort key of "a=1,b=2": key by key, values compared with `natural`."""
+    return [(part.split("=", 1)[0], natural(part.split("=", 1)[-1])) for part in label.split(",")]
+
+
 def by_label(runs: list[Run]) -> dict[str, list[Run]]:
     groups = defaultdict(list)
     for run in runs:
         groups[run.label].append(run)
-    return dict(sorted(groups.items()))
+    return dict(sorted(groups.items(), key=lambda item: label_key(item[0])))
 
 
 def table(runs: list[Run], metrics: list[str], at: tuple[str, float] | None = None, metric_at: str | None = None) -> str:
@@ -102,8 +115,8 @@ def pivot(runs: list[Run], metric: str, rows: str, columns: str) -> str:
     for run in runs:
         if not run.failed and run.summary.get(metric) is not None:
             cells[(run.summary[rows], run.summary[columns])].append(run.summary[metric])
-    row_keys = sorted({r for r, _ in cells}, key=str)
-    column_keys = sorted({c for _, c in cells}, key=str)
+    row_keys = sorted({r for r, _ in cells}, key=natural)
+    column_keys = sorted({c for _, c in cells}, key=natural)
     lines = [f"| {rows} \\ {columns} | " + " | ".join(map(str, column_keys)) + " |", "|---" * (len(column_keys) + 1) + "|"]
     for r in row_keys:
         values = [fmt(*mean_ci(cells[(r, c)]), len(cells[(r, c)])) if cells[(r, c)] else "" for c in column_keys]
@@ -151,20 +164,38 @@ def value_at(run: Run, metric: str, x: str, value: float) -> float:
 def line_styles(labels: list[str], colours) -> dict[str, tuple]:
     """(colour, line style) per configuration label "a=1,b=2": one colour per value of the first
     override, one line style per value of the others, so a grid of two factors stays legible."""
-    first = sorted({label.split(",")[0] for label in labels})
-    rest = sorted({",".join(label.split(",")[1:]) for label in labels})
+    first = sorted({label.split(",")[0] for label in labels}, key=label_key)
+    rest = sorted({",".join(label.split(",")[1:]) for label in labels}, key=label_key)
     dashes = ["-", "--", ":", "-."]
     return {label: (colours[first.index(label.split(",")[0]) % len(colours)],
                     dashes[rest.index(",".join(label.split(",")[1:])) % len(dashes)]) for label in labels}
 
 
-def plot(runs: list[Run], metric: str, x: str, path: Path, logy: bool = False) -> Path | None:
+def new_figure():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(8.5, 4.5))
+    return plt, *plt.subplots(figsize=(8.5, 4.5))
+
+
+def save_figure(plt, figure, axes, xlabel: str, ylabel: str, path: Path, logy: bool) -> Path:
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    if logy:
+        axes.set_yscale("log")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def plot(runs: list[Run], metric: str, x: str, path: Path, logy: bool = False) -> Path | None:
+    """The metric's curve against x, one line per configuration: mean over seeds, band min..max."""
+    plt, figure, axes = new_figure()
     groups = by_label([run for run in runs if not run.failed])
     styles = line_styles(list(groups), plt.cm.tab10.colors)
     drawn = False
@@ -182,16 +213,37 @@ def plot(runs: list[Run], metric: str, x: str, path: Path, logy: bool = False) -
     if not drawn:
         plt.close(figure)
         return None
-    axes.set_xlabel(x)
-    axes.set_ylabel(metric)
-    if logy:
-        axes.set_yscale("log")
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return save_figure(plt, figure, axes, x, metric, path, logy)
+
+
+def plot_final(runs: list[Run], metric: str, key: str, path: Path, logy: bool = False) -> Path | None:
+    """The final metric against a swept summary key (lr, beta): one line per configuration with that
+    key left out, mean and 95% CI over seeds as error bars; log x when the values span 100x or more."""
+    lines = defaultdict(lambda: defaultdict(list))
+    for run in runs:
+        if not run.failed and run.summary.get(metric) is not None and run.summary.get(key) is not None:
+            rest = ",".join(part for part in run.label.split(",") if part.split("=", 1)[0] != key) or metric
+            lines[rest][float(run.summary[key])].append(run.summary[metric])
+    if not lines:
+        return None
+    plt, figure, axes = new_figure()
+    styles = line_styles(list(lines), plt.cm.tab10.colors)
+    for label in sorted(lines, key=label_key):
+        xs = sorted(lines[label])
+        stats = [mean_ci(lines[label][x]) for x in xs]
+        halves = [0.0 if math.isnan(half) else half for _, half in stats]
+        colour, linestyle = styles[label]
+        axes.errorbar(xs, [mean for mean, _ in stats], yerr=halves, color=colour, linestyle=linestyle, marker="o",
+                      capsize=3, label=f"{label} (n={max(len(v) for v in lines[label].values())})")
+        seeds = [(x, y) for x in xs for y in lines[label][x]]
+        axes.scatter(*zip(*seeds), color=colour, s=10, alpha=0.5, zorder=3)  # each seed
+    before = [run.summary[f"ref/{metric}"] for run in runs if run.summary.get(f"ref/{metric}") is not None]
+    if before:
+        axes.axhline(statistics.fmean(before), color="grey", linestyle=":", label="before training")
+    values = [x for line in lines.values() for x in line]
+    if min(values) > 0 and max(values) >= 100 * min(values):
+        axes.set_xscale("log")
+    return save_figure(plt, figure, axes, f"{key} (final value, mean and 95% CI over seeds)", metric, path, logy)
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -200,7 +252,8 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--metrics", default=",".join(DEFAULT_METRICS), help="comma-separated summary keys")
     parser.add_argument("--pivot", help="ROWS,COLUMNS: one table of the first metric, e.g. algorithm,sampler")
     parser.add_argument("--plot", default="val/accuracy", help="metric to plot against --x ('' for none)")
-    parser.add_argument("--x", default="step,budget/tokens_generated", help="comma-separated x-axes")
+    parser.add_argument("--x", default="step,budget/tokens_generated", help="comma-separated x-axes ('' for none)")
+    parser.add_argument("--vs", default="", help="comma-separated swept keys (e.g. lr): --plot's final value against each")
     parser.add_argument("--at", help="KEY=VALUE: also tabulate --plot's metric at this budget, e.g. budget/tokens_generated=1e5")
     parser.add_argument("--logy", action="store_true", help="log-scale y axis")
     parser.add_argument("--out", type=Path, help="markdown file (default <directory>/report.md)")
@@ -214,7 +267,8 @@ def main(argv: list[str] | None = None) -> str:
     else:
         body = "Mean ± 95% CI over seeds\n\n" + table(runs, metrics, at, args.plot or None)
     name = lambda x: args.directory / f"{args.plot.replace('/', '_')}_vs_{x.replace('/', '_')}.png"
-    images = [plot(runs, args.plot, x, name(x), args.logy) for x in args.x.split(",")] if args.plot else []
+    images = [plot(runs, args.plot, x, name(x), args.logy) for x in args.x.split(",") if x] if args.plot else []
+    images += [plot_final(runs, args.plot, key, name(f"final_{key}"), args.logy) for key in args.vs.split(",") if key and args.plot]
     body += "".join(f"\n\n![{image.stem}]({image.name})" for image in images if image)
     body += ("\n\n" + failures(runs)) if failures(runs) else ""
     out = args.out or args.directory / "report.md"

@@ -2,6 +2,8 @@
 import json
 import math
 
+import matplotlib.image
+
 from sweeps.report import line_styles, main, mean_ci
 
 
@@ -34,3 +36,20 @@ def test_line_styles_give_each_cell_of_a_two_factor_grid_its_own_look():
     assert len(set(styles.values())) == 16
     assert {styles[f"algorithm=gvpo,sampler={s}"][0] for s in ("offline", "on_policy", "reference", "replay")} == {"c2"}
     assert {styles[f"algorithm={a},sampler=replay"][1] for a in ("dpo", "grpo", "gvpo", "rs")} == {"-."}
+
+
+def test_configurations_are_ordered_by_value_not_by_text(tmp_path):
+    for i, lr in enumerate(["0.01", "1e-05", "0.0001", "0.001"]):
+        (tmp_path / str(i)).mkdir()
+        (tmp_path / str(i) / "summary.json").write_text(json.dumps({"algorithm": "gvpo", "lr": float(lr), "val/accuracy": 0.5}))
+        (tmp_path / str(i) / ".hydra").mkdir()
+        (tmp_path / str(i) / ".hydra" / "overrides.yaml").write_text(f"- algorithm=gvpo\n- lr={lr}\n- seed=0\n")
+    text = main([str(tmp_path), "--metrics", "val/accuracy", "--plot", ""])
+    rows = [line.split(" | ")[0].lstrip("| ") for line in text.splitlines() if line.startswith("| lr=")]
+    assert rows == ["lr=1e-05", "lr=0.0001", "lr=0.001", "lr=0.01"]
+    pivot = main([str(tmp_path), "--metrics", "val/accuracy", "--pivot", "algorithm,lr", "--plot", ""])
+    assert pivot.splitlines()[2] == "| algorithm \\ lr | 1e-05 | 0.0001 | 0.001 | 0.01 |"
+    text = main([str(tmp_path), "--metrics", "val/accuracy", "--plot", "val/accuracy", "--x", "", "--vs", "lr"])
+    assert "![val_accuracy_vs_final_lr](val_accuracy_vs_final_lr.png)" in text
+    image = matplotlib.image.imread(tmp_path / "val_accuracy_vs_final_lr.png")
+    assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
