@@ -218,7 +218,7 @@ def plot(runs: list[Run], metric: str, x: str, path: Path, logy: bool = False) -
 
 def plot_final(runs: list[Run], metric: str, key: str, path: Path, logy: bool = False) -> Path | None:
     """The final metric against a swept summary key (lr, beta): one line per configuration with that
-    key left out, mean and 95% CI over seeds as error bars; log x when the values span 100x or more."""
+    key left out, mean and 95% CI over seeds as error bars; log x when the values span 10x or more."""
     lines = defaultdict(lambda: defaultdict(list))
     for run in runs:
         if not run.failed and run.summary.get(metric) is not None and run.summary.get(key) is not None:
@@ -237,11 +237,15 @@ def plot_final(runs: list[Run], metric: str, key: str, path: Path, logy: bool = 
                       capsize=3, label=f"{label} (n={max(len(v) for v in lines[label].values())})")
         seeds = [(x, y) for x in xs for y in lines[label][x]]
         axes.scatter(*zip(*seeds), color=colour, s=10, alpha=0.5, zorder=3)  # each seed
-    before = [run.summary[f"ref/{metric}"] for run in runs if run.summary.get(f"ref/{metric}") is not None]
+    before = defaultdict(list)  # the metric before training, which may depend on the key (e.g. beta)
+    for run in runs:
+        if run.summary.get(f"ref/{metric}") is not None and run.summary.get(key) is not None:
+            before[float(run.summary[key])].append(run.summary[f"ref/{metric}"])
     if before:
-        axes.axhline(statistics.fmean(before), color="grey", linestyle=":", label="before training")
+        xs = sorted(before)
+        axes.plot(xs, [statistics.fmean(before[x]) for x in xs], color="grey", linestyle=":", label="before training")
     values = [x for line in lines.values() for x in line]
-    if min(values) > 0 and max(values) >= 100 * min(values):
+    if min(values) > 0 and max(values) >= 10 * min(values):
         axes.set_xscale("log")
     return save_figure(plt, figure, axes, f"{key} (final value, mean and 95% CI over seeds)", metric, path, logy)
 
