@@ -137,3 +137,12 @@ def test_multirun_of_all_algorithms_and_two_seeds(tmp_path):
     assert sorted((s["algorithm"], s["seed"]) for s in summaries) == sorted(
         (a, s) for a in ["sft", "rs", "grpo", "dpo", "gvpo"] for s in [0, 1])
     assert all(s["steps"] == 2 for s in summaries)
+
+
+@pytest.mark.slow
+def test_default_experiment_beats_its_reference(tmp_path):
+    """`python run.py` as shipped, warm start included (about 3 minutes)."""
+    proc, _ = cli(f"hydra.run.dir={tmp_path}", "trainer.enable_progress_bar=false", env_extra=tmp_path / "cache")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["steps"] == 300 and summary["val/accuracy"] > summary["ref/val/accuracy"]
