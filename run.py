@@ -8,39 +8,42 @@ import os
 import sys
 import time
 import warnings
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from hydra.utils import instantiate
-
-from algorithms.base import ConfigError
+from schema import ConfigError
 from training.checks import build, check_config, check_overrides
-from training.summary import write_failure, write_summary
+from training.summary import write_config, write_failure, write_summary
 
 os.environ.setdefault("WANDB_SILENT", "true")
-warnings.filterwarnings("ignore", message=".*(LeafSpec|does not have many workers|no `val_dataloader`|module\(s\) in eval mode).*")
+warnings.filterwarnings("ignore", message=".*(LeafSpec|does not have many workers|no `val_dataloader`|module\(s\) in eval mode"
+                                          "|ModelCheckpoint with manual optimization).*")
 
 
 def train(cfg: DictConfig) -> dict:
     """One run; returns its summary (also written to <output_dir>/summary.json)."""
     start = time.perf_counter()
     hydra_cfg = HydraConfig.get()
-    algorithm = check_config(cfg, hydra_cfg.runtime.choices)  # bad input fails here, in seconds
+    choices = dict(hydra_cfg.runtime.choices)
+    algorithm = check_config(cfg, choices)  # bad input fails here, in seconds
 
     import lightning as L  # heavy imports after the checks
 
     logging.getLogger("lightning").handlers.clear()  # Lightning's info goes to run.log, not the console
+    from models.export import export_policy
+    from training.assemble import build_module, build_trainer
     from training.data import prompt_loader
 
+    output_dir = Path(hydra_cfg.runtime.output_dir)
+    write_config(output_dir, cfg)  # first: exporting from a checkpoint of an unfinished run needs it
+    trainer = build_trainer(cfg)
     task = build(cfg.task)
-    module, warm = build_module(cfg, algorithm, task)
+    module, warm = build_module(cfg, algorithm, task, model_name=f"model={choices.get('model')}")
     L.seed_everything(cfg.seed, workers=True)
-    loggers = [instantiate(spec) for spec in (cfg.get("logger") or {}).values()]
-    callbacks = [instantiate(spec) for spec in cfg.callbacks.values()]
-    trainer = instantiate(cfg.trainer, _partial_=True)(logger=loggers or False, callbacks=callbacks)
     train_loader = prompt_loader(task.train_dataset(), cfg.prompts_per_step, shuffle=True, seed=cfg.seed)
     val_loader = prompt_loader(task.val_dataset(), len(task.val_dataset()), shuffle=False)
     try:
@@ -49,6 +52,7 @@ def train(cfg: DictConfig) -> dict:
         after = trainer.validate(module, val_loader, verbose=False)[0]
     finally:
         finish_wandb()
+    exported = export_policy(module.policy, module.tokenizer, output_dir / "policy", cfg.export)
     values = {
         "status": "completed",
         "steps": trainer.global_step,
@@ -57,31 +61,9 @@ def train(cfg: DictConfig) -> dict:
         **module.budget.metrics(),
         "wall_seconds": time.perf_counter() - start,
         "warmstart": str(warm) if warm else None,
+        "policy": str(exported) if exported else None,
     }
-    return write_summary(hydra_cfg.runtime.output_dir, cfg, dict(hydra_cfg.runtime.choices), values)
-
-
-def build_module(cfg: DictConfig, algorithm, task):
-    """The policy (warm-started if configured), its reference, sampler and evaluator, in the module."""
-    from models.build import from_pretrained
-    from models.lm import restrict_vocabulary
-    from models.reference import FrozenReference
-    from training.warmstart import warm_start
-
-    warm = warm_start(cfg, task) if cfg.warmstart.steps > 0 else None
-    policy, tokenizer = from_pretrained(str(warm)) if warm else instantiate(cfg.model)
-    if task.response_tokens:
-        restrict_vocabulary(policy, tokenizer, task.response_tokens)
-    generator = instantiate(cfg.generation)
-    sampler = build(cfg.sampler, _partial_=True)(tokenizer=tokenizer, reward_fn=task.reward, generator=generator)
-    wants_reference = algorithm.needs_reference or sampler.needs_reference or cfg.module.kl_diagnostic
-    reference = FrozenReference(policy) if wants_reference else None
-    sampler.setup(policy, reference, task)
-    module = instantiate(cfg.module)(policy=policy, tokenizer=tokenizer, algorithm=algorithm, sampler=sampler,
-                                     reference=reference, optimizer=instantiate(cfg.optimizer),
-                                     scheduler=instantiate(cfg.scheduler),
-                                     evaluator=task.evaluator(policy, tokenizer, generator, cfg.beta))
-    return module, warm
+    return write_summary(output_dir, cfg, choices, values)
 
 
 def finish_wandb() -> None:

@@ -3,6 +3,6 @@
 Each file holds one algorithm; conf/algorithm/<name>.yaml names its class. The registry is the
 config group: there is no name -> class table here.
 """
-from algorithms.base import Algorithm, ConfigError, aggregate
+from algorithms.base import Algorithm, aggregate
 
-__all__ = ["Algorithm", "ConfigError", "aggregate"]
+__all__ = ["Algorithm", "aggregate"]

@@ -3,7 +3,7 @@ supervision. Pure functions of tensors and masks; none needs gradients."""
 import torch
 from torch import Tensor
 
-from algorithms.base import ConfigError
+from schema import ConfigError
 
 BASELINES = ("group_mean", "leave_one_out")
 NORMALISATIONS = ("none", "group", "batch")

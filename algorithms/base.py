@@ -11,6 +11,8 @@ equals the surrogate's under the algorithm's default aggregation.
 """
 from torch import Tensor
 
+from schema import ConfigError
+
 LOSS_AGGREGATIONS = (
     "token-mean",  # sum over all tokens / number of tokens
     "seq-mean-token-sum",  # sum over each response's tokens, mean over responses
@@ -20,24 +22,25 @@ LOSS_AGGREGATIONS = (
 )
 
 
-class ConfigError(ValueError):
-    """A bad configuration value: the message names the key, the value given and what is allowed."""
+def aggregate(values: Tensor, mask: Tensor, mode: str, group_size: int, norm_length: int | None = None,
+              totals: tuple[int, int] | None = None) -> Tensor:
+    """Reduce per-token values (B, T) under mask (B, T) to a scalar.
 
-
-def aggregate(values: Tensor, mask: Tensor, mode: str, group_size: int, norm_length: int | None = None) -> Tensor:
-    """Reduce per-token values (B, T) under mask (B, T) to a scalar."""
+    `totals` = (rows, tokens) of a larger batch that this one is a part of (a micro-batch of gradient
+    accumulation): the sum is then divided by that batch's normaliser, so the parts' results add up
+    to the whole batch's exactly."""
     masked = values * mask
-    num_rows = values.shape[0]
+    rows, tokens = totals if totals is not None else (values.shape[0], mask.sum().clamp(min=1))
     if mode == "token-mean":
-        return masked.sum() / mask.sum().clamp(min=1)
+        return masked.sum() / tokens
     if mode == "seq-mean-token-sum":
-        return masked.sum() / num_rows
+        return masked.sum() / rows
     if mode == "seq-mean-token-mean":
-        return (masked.sum(-1) / mask.sum(-1).clamp(min=1)).mean()
+        return (masked.sum(-1) / mask.sum(-1).clamp(min=1)).sum() / rows
     if mode == "seq-mean-token-sum-norm":
-        return masked.sum() / (num_rows * (norm_length or values.shape[1]))
+        return masked.sum() / (rows * (norm_length or values.shape[1]))
     if mode == "group-mean-token-sum":
-        return masked.sum() / (num_rows // group_size)
+        return masked.sum() / (rows // group_size)
     raise ConfigError(f"loss_agg={mode!r} is not one of {', '.join(LOSS_AGGREGATIONS)}")
 
 
@@ -66,6 +69,7 @@ class Algorithm:
       sources          response sources the algorithm trains on: "policy" (sampled responses),
                        "demonstrations" (dataset solutions), "pairs" (dataset chosen/rejected)
       default_loss_agg aggregation under which `objective` and the surrogate share a gradient
+      needs_critic     wants a value model, built by the model layer and handed to `setup`
     """
 
     uses_reference: bool = False
@@ -74,6 +78,7 @@ class Algorithm:
     sources: tuple[str, ...] = ("policy",)
     default_loss_agg: str = "token-mean"
     prepare_needs_sampler_logprobs: bool = False  # prepare() reads rollout.sampler_logprobs
+    needs_critic: bool = False  # setup() must be handed a critic V(x, y_<t) (models/value.py)
 
     def __init__(self, beta: float | None = None, group_size: int = 1, loss_agg: str | None = None,
                  reference: str = "initial"):
@@ -94,8 +99,9 @@ class Algorithm:
         """Token log-probs (B, T) of the reference this algorithm regularises toward."""
         return rollout.ref_logprobs if self.reference == "initial" else rollout.sampler_logprobs
 
-    def setup(self, policy) -> dict:
-        """Build extra trainable modules from the initial policy (e.g. a critic); name -> module."""
+    def setup(self, critic=None) -> dict:
+        """Take the extra trainable modules the algorithm needs (a critic, built by the model layer
+        when `needs_critic`); returns them by name so the module trains them alongside the policy."""
         return {}
 
     def prepare(self, rollout) -> None:

@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from algorithms.base import Algorithm, ConfigError, per_token, sequence_logprobs
+from algorithms.base import Algorithm, per_token, sequence_logprobs
+from schema import ConfigError
 
 
 class DPO(Algorithm):

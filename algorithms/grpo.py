@@ -16,7 +16,8 @@ Departures: std is the sample std (as TRL); beta = 0 drops the KL and the refere
 import torch
 
 from algorithms import advantages as adv
-from algorithms.base import ConfigError, per_token
+from algorithms.base import per_token
+from schema import ConfigError
 from algorithms.policy_gradient import PolicyGradient
 
 

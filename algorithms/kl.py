@@ -10,7 +10,7 @@ the reward (`placement: reward`), -beta * k of the sampling policy is a reward a
 import torch
 from torch import Tensor
 
-from algorithms.base import ConfigError
+from schema import ConfigError
 
 ESTIMATORS = ("k1", "k2", "k3")
 PLACEMENTS = ("loss", "reward")

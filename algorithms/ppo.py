@@ -5,8 +5,8 @@ with supervision=process), minus beta * k(pi_sampler, pi_ref) at every token whe
 in the reward (the default, with k1 = log pi_old - log pi_ref as in InstructGPT). Advantages by GAE
 (gamma, lambda) against the critic's values V_old, taken once per rollout; advantage_norm batch
 (default) whitens them over the batch's tokens. Actor weight w_t = A_t * rho_t * 1[not clipped]
-(algorithms/policy_gradient.py). The critic, a copy of the policy's body with a scalar head, is
-trained by an auxiliary loss:
+(algorithms/policy_gradient.py). The critic (built by the model layer, models/value.py: a copy of
+the policy's body with a scalar head) is handed to `setup` and trained by an auxiliary loss:
     vf_coef * 1/2 * max((V - R)^2, (V_old + clip(V - V_old, -value_clip, value_clip) - R)^2),
 R = A + V_old the GAE returns, aggregated token-mean (value_clip null: unclipped).
 Several epochs of minibatches per rollout are module settings (module.update_epochs, minibatches).
@@ -15,13 +15,14 @@ import torch
 from torch import Tensor
 
 from algorithms import advantages as adv
-from algorithms.base import ConfigError, aggregate
+from algorithms.base import aggregate
+from schema import ConfigError
 from algorithms.policy_gradient import PolicyGradient
-from models.value import critic_for
 
 
 class PPO(PolicyGradient):
     default_loss_agg = "token-mean"
+    needs_critic = True
 
     def __init__(self, gamma: float = 1.0, lam: float = 0.95, value_clip: float | None = 0.2, vf_coef: float = 0.5,
                  advantage_norm: str = "batch", supervision: str = "outcome", kl_estimator: str = "k1",
@@ -34,9 +35,11 @@ class PPO(PolicyGradient):
         self.advantage_norm, self.supervision = advantage_norm, supervision
         self.critic = None
 
-    def setup(self, policy) -> dict:
-        self.critic = critic_for(policy)
-        return {"critic": self.critic}
+    def setup(self, critic=None) -> dict:
+        if critic is None:
+            raise ValueError("PPO needs a critic: build one with models.value.critic_for(policy)")
+        self.critic = critic
+        return {"critic": critic}
 
     def token_rewards(self, rollout) -> Tensor:
         """Task reward at each response's last token (or step rewards), plus the KL reward. (B, T)"""
@@ -68,6 +71,6 @@ class PPO(PolicyGradient):
         if self.value_clip is not None:
             clipped = old + (values - old).clamp(-self.value_clip, self.value_clip)
             loss = torch.maximum(loss, (clipped - returns).pow(2))
-        value_loss = 0.5 * aggregate(loss, mask, "token-mean", rollout.group_size)
+        value_loss = 0.5 * aggregate(loss, mask, "token-mean", rollout.group_size, totals=rollout.totals)
         explained = 1 - ((returns - values) * mask).var() / ((returns * mask).var() + 1e-8)
         return self.vf_coef * value_loss, {"value_loss": value_loss.item(), "value_explained_variance": explained.item()}

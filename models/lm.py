@@ -37,7 +37,7 @@ def token_logprobs(
     input_ids = torch.cat([prompt_ids, response_ids], dim=1)  # (B, P+T)
     attention_mask = torch.cat([prompt_mask, response_mask], dim=1)
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False).logits
     prompt_len = prompt_ids.shape[1]
     logits = logits[:, prompt_len - 1 : -1]  # (B, T, V): position t predicts response token t
     if logits.dtype in (torch.float16, torch.bfloat16):

@@ -1,13 +1,18 @@
-"""The reference policy pi_ref: a frozen copy of the initial policy.
+"""The reference policy pi_ref: the initial policy, kept frozen.
 
-The module asks a reference only for token log-probs of a rollout, so other kinds slot in behind the
-same call (the base model with LoRA adapters disabled; the previous policy).
+Two kinds behind one interface (`logprobs(rollout)`, and `sampling()`, a context that yields a
+model to generate with):
+  FrozenReference   a frozen copy of the initial policy (full fine-tuning);
+  AdapterReference  a LoRA policy with its adapters switched off: the base model, which LoRA never
+                    changes, so pi_ref costs no memory at all.
 """
 import copy
+from contextlib import contextmanager
 
 import torch
 from torch import nn
 
+from models.build import is_lora
 from models.lm import token_logprobs
 
 
@@ -22,5 +27,37 @@ class FrozenReference(nn.Module):
             self.model, rollout.prompt_ids, rollout.prompt_mask, rollout.response_ids, rollout.response_mask
         )
 
+    @contextmanager
+    def sampling(self):
+        yield self.model
+
     def train(self, mode: bool = True):  # stays in eval mode whatever Lightning asks
         return super().train(False)
+
+
+class AdapterReference:
+    """pi_ref = the LoRA policy with its adapters disabled. Not an nn.Module: it owns no weights (the
+    policy does), so it adds nothing to the module's parameters or checkpoints."""
+
+    def __init__(self, policy):
+        self.policy = policy
+
+    @contextmanager
+    def sampling(self):
+        was_training = self.policy.training
+        self.policy.eval()  # no adapter dropout
+        try:
+            with self.policy.disable_adapter():
+                yield self.policy
+        finally:
+            self.policy.train(was_training)
+
+    @torch.no_grad()
+    def logprobs(self, rollout):  # -> (B, T)
+        with self.sampling() as model:
+            return token_logprobs(model, rollout.prompt_ids, rollout.prompt_mask, rollout.response_ids,
+                                  rollout.response_mask)
+
+
+def reference_for(policy):
+    return AdapterReference(policy) if is_lora(policy) else FrozenReference(policy)

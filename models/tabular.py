@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
-from algorithms.base import ConfigError
+from schema import ConfigError
 
 
 class TabularLM(nn.Module):

@@ -1,8 +1,11 @@
 """Critics for PPO: V(x, y_<t) for every response position t, initialised from the policy.
 
-For a Hugging Face causal LM the critic is a copy of the policy's transformer body with a scalar
-head (zero at the start, so the first values are 0); for the tabular policy it is one value per
-context. Position t's value is read where the policy's logits for token t are read.
+Built here, by the model layer, and handed to the algorithm (algorithms/ never imports models/).
+For a Hugging Face causal LM the critic is a copy of the policy's decoder stack (without its LM
+head) with a scalar head, zero at the start so the first values are 0. For a LoRA policy the copy
+keeps the LoRA layers: the critic trains its own adapters and head, its base weights stay frozen.
+For the tabular policy it is one value per context. Position t's value is read where the policy's
+logits for token t are read.
 """
 import copy
 
@@ -12,16 +15,25 @@ from torch import Tensor, nn
 from models.tabular import TabularLM
 
 
+def decoder_stack(policy) -> nn.Module:
+    """The transformer body of a causal LM (plain or peft-wrapped): hidden states, no LM head."""
+    if hasattr(policy, "get_base_model"):  # a peft model: the wrapped LM, LoRA layers injected
+        policy = policy.get_base_model()
+    return policy.base_model  # Hugging Face: the decoder stack (e.g. LlamaModel)
+
+
 class ValueModel(nn.Module):
     def __init__(self, policy):
         super().__init__()
-        self.body = copy.deepcopy(policy.base_model).train()
-        self.head = nn.Linear(policy.config.hidden_size, 1, dtype=next(policy.parameters()).dtype)
+        self.body = copy.deepcopy(decoder_stack(policy)).train()
+        hidden_size = self.body.config.hidden_size
+        self.head = nn.Linear(hidden_size, 1, dtype=next(policy.parameters()).dtype)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
 
-    def hidden(self, input_ids, attention_mask, position_ids) -> Tensor:
-        return self.body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
+    def hidden(self, input_ids, attention_mask, position_ids) -> Tensor:  # (B, L, H)
+        return self.body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                         use_cache=False).last_hidden_state
 
     def forward(self, rollout) -> Tensor:  # (B, T)
         input_ids = torch.cat([rollout.prompt_ids, rollout.response_ids], dim=1)

@@ -13,7 +13,7 @@ import random
 import torch
 from datasets import Dataset
 
-from algorithms.base import ConfigError
+from schema import ConfigError
 from rewards.exact import pattern_table, random_table
 
 
@@ -53,6 +53,9 @@ class ExactTask:
 
     def val_dataset(self) -> Dataset:
         return Dataset.from_list(self.rows)
+
+    def format_prompts(self, tokenizer, model_name: str = "") -> None:
+        """The prompts are symbols (q0=, q1=, ...) for a model trained from scratch: no chat template."""
 
     def evaluator(self, policy, tokenizer, generator, beta: float):
         from training.evaluation import ExactMetrics

@@ -11,12 +11,11 @@ import zlib
 import reasoning_gym
 from datasets import Dataset
 
-from algorithms.base import ConfigError
+from schema import ConfigError
+from tasks.base import TextTask
 
 
-class ReasoningGymTask:
-    step_rewards = False  # whether the reward gives per-step rewards (process supervision)
-
+class ReasoningGymTask(TextTask):
     def __init__(
         self,
         name: str,
@@ -28,13 +27,14 @@ class ReasoningGymTask:
         val_fraction: float = 0.1,
         seed: int = 0,
         max_new_tokens: int = 8,
+        chat: bool = False,
+        system_prompt: str | None = None,
     ):
         if name not in reasoning_gym.factory.DATASETS:
             raise ConfigError(f"task.name={name!r} is not a reasoning-gym dataset; e.g. chain_sum, basic_arithmetic")
-        self.name, self.reward, self.config = name, reward, dict(config or {})
+        super().__init__(reward, max_new_tokens, chat, system_prompt)
+        self.name, self.config = name, dict(config or {})
         self.prompt_template, self.seed = prompt_template, seed
-        self.max_new_tokens = max_new_tokens
-        self.response_tokens = None  # open vocabulary
         self._train, self._val = self._generate(train_size, val_size, val_fraction)
 
     def _generate(self, train_size: int, val_size: int, val_fraction: float) -> tuple[Dataset, Dataset]:
@@ -56,19 +56,8 @@ class ReasoningGymTask:
             "prompt": self.prompt_template.format(**entry),
             "answer": entry["answer"],
             "rejected": numeric_distractor(entry["answer"], rng),
-            "entry": json.dumps(entry),
+            "entry": json.dumps(entry, default=str),  # some generators' metadata hold Fractions
         }
-
-    def train_dataset(self) -> Dataset:
-        return self._train
-
-    def val_dataset(self) -> Dataset:
-        return self._val
-
-    def evaluator(self, policy, tokenizer, generator, beta: float):
-        from training.evaluation import GreedyAccuracy
-
-        return GreedyAccuracy(tokenizer, generator, self.reward)
 
 
 class ChainStepsTask(ReasoningGymTask):

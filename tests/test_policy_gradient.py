@@ -8,6 +8,7 @@ from algorithms.dpo import DPO
 from algorithms.grpo import GRPO
 from algorithms.ppo import PPO
 from models.lm import token_logprobs
+from models.value import critic_for
 from tests.conftest import rollout_from_lists
 from tests.test_gradients import LENGTHS, REWARDS, assert_same_gradient, logprobs_of, scored_rollout
 
@@ -86,7 +87,7 @@ def test_grpo_family_gradient_equals_the_clipped_surrogate(model, settings):
 def test_ppo_gradient_equals_the_clipped_surrogate(model, settings):
     rollout = scored_rollout(model, REWARDS, 4, LENGTHS, sampler_shift=0.5)
     algorithm = PPO(beta=0.1, group_size=4, **settings)
-    algorithm.setup(model)
+    algorithm.setup(critic_for(model))
     with torch.no_grad():
         torch.nn.init.normal_(algorithm.critic.head.weight, std=0.5)  # non-zero values, so GAE uses them
     with torch.no_grad():
@@ -111,7 +112,7 @@ def test_ppo_rewards_put_the_task_reward_at_the_last_token_and_kl_everywhere(mod
 def test_ppo_critic_loss_trains_only_the_critic(model):
     rollout = scored_rollout(model, REWARDS, 4, LENGTHS)
     algorithm = PPO(beta=0.0, group_size=4)
-    algorithm.setup(model)
+    algorithm.setup(critic_for(model))
     with torch.no_grad():
         algorithm.prepare(rollout)
     loss, metrics = algorithm.aux_loss(rollout)

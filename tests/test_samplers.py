@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import run
-from algorithms.base import ConfigError
+from schema import ConfigError
 from algorithms.gvpo import GVPO
 from models.generation import HFGenerator
 from models.lm import restrict_vocabulary, token_logprobs

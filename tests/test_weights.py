@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from algorithms.base import ConfigError, aggregate
+from algorithms.base import aggregate
+from schema import ConfigError
 from algorithms.dpo import DPO
 from algorithms import kl
 from algorithms.grpo import GRPO

@@ -3,11 +3,13 @@ metrics of the enumerable task."""
 import torch
 
 from models.lm import token_logprobs
+from rewards import score
 from training.rollout import encode_prompts
 
 
 class GreedyAccuracy:
-    """val/reward: mean score of greedy answers; val/accuracy: the fraction scored 1."""
+    """val/reward: mean reward of greedy answers; val/accuracy: the fraction fully right (their
+    correctness score is 1); val/reward/<name>: each term of a reward made of several."""
 
     def __init__(self, tokenizer, generator, reward_fn):
         self.tokenizer, self.generator, self.reward_fn = tokenizer, generator, reward_fn
@@ -18,8 +20,11 @@ class GreedyAccuracy:
         response_ids, response_mask = self.generator(policy, self.tokenizer, prompt_ids.to(device), prompt_mask.to(device),
                                                      greedy=True)
         completions = self.tokenizer.batch_decode(response_ids * response_mask, skip_special_tokens=True)
-        rewards = torch.tensor(self.reward_fn(completions, rows))
-        return {"val/reward": rewards.mean(), "val/accuracy": (rewards == 1).float().mean()}
+        total, terms = score(self.reward_fn, completions, rows)
+        rewards, terms = torch.tensor(total), {name: torch.tensor(values) for name, values in terms.items()}
+        correct = next(iter(terms.values()), rewards) == 1
+        return {"val/reward": rewards.mean(), "val/accuracy": correct.float().mean(),
+                **{f"val/reward/{name}": values.mean() for name, values in terms.items()}}
 
 
 class ExactMetrics:

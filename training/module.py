@@ -13,7 +13,7 @@ next-token distributions, the one term that is not a weighted log-likelihood; de
 """
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import lightning as L
 import torch
@@ -25,9 +25,14 @@ from training.rollout import Rollout
 
 
 def weighted_log_likelihood_loss(logprobs: Tensor, weights: Tensor, mask: Tensor, loss_agg: str, group_size: int,
-                                 norm_length: int | None = None) -> Tensor:
+                                 norm_length: int | None = None, totals: tuple[int, int] | None = None) -> Tensor:
     """The one loss: -(1/N) * sum_{i,t} m * w * l, with N set by loss_agg. Weights are detached."""
-    return -aggregate(weights.detach() * logprobs, mask, loss_agg, group_size, norm_length)
+    return -aggregate(weights.detach() * logprobs, mask, loss_agg, group_size, norm_length, totals)
+
+
+def summarise(history: dict[str, list[float]]) -> dict[str, float]:
+    """One value per metric from several updates: the max of *_max keys, the mean of the others."""
+    return {key: max(values) if key.endswith("_max") else sum(values) / len(values) for key, values in history.items()}
 
 
 @dataclass
@@ -57,12 +62,14 @@ class Budget:
 class PostTrainingModule(L.LightningModule):
     def __init__(self, policy, tokenizer, algorithm, sampler, reference, optimizer, evaluator=None, scheduler=None,
                  update_epochs: int = 1, minibatches: int = 1, max_grad_norm: float | None = 1.0,
-                 entropy_coef: float = 0.0, kl_diagnostic: bool = True, norm_length: int | None = None):
+                 entropy_coef: float = 0.0, kl_diagnostic: bool = True, norm_length: int | None = None,
+                 critic=None, accumulate_grad_batches: int = 1):
         super().__init__()
         self.automatic_optimization = False
         self.policy, self.reference = policy.train(), reference  # reference may be None (e.g. SFT)
         self.tokenizer, self.algorithm, self.sampler = tokenizer, algorithm, sampler
-        self.extras = nn.ModuleDict(algorithm.setup(policy))  # e.g. PPO's critic, trained alongside
+        self.extras = nn.ModuleDict(algorithm.setup(critic))  # e.g. PPO's critic, trained alongside
+        self.accumulate_grad_batches = accumulate_grad_batches  # micro-batches per optimiser step
         self.optimizer_factory, self.scheduler_factory, self.evaluator = optimizer, scheduler, evaluator
         self.update_epochs, self.minibatches, self.max_grad_norm = update_epochs, minibatches, max_grad_norm
         self.entropy_coef, self.kl_diagnostic = entropy_coef, kl_diagnostic and reference is not None
@@ -103,40 +110,32 @@ class PostTrainingModule(L.LightningModule):
                     history[key].append(value)
         self.last_rollout = rollout
         self.budget.wall_seconds = time.perf_counter() - self._start
-        metrics = {key: max(values) if key.endswith("_max") else sum(values) / len(values) for key, values in history.items()}
-        self.log_dict(metrics | self._rollout_metrics(rollout) | self.budget.metrics(), on_step=True,
+        self.log_dict(summarise(history) | self._rollout_metrics(rollout) | self.budget.metrics(), on_step=True,
                       batch_size=rollout.num_groups)
         self.log("train/reward", rollout.rewards.mean(), prog_bar=True, batch_size=rollout.num_groups)
 
     def _update(self, batch: Rollout) -> dict[str, float]:
-        """One optimiser step on a minibatch; returns train/ and algo/ metrics."""
+        """One optimiser step on a minibatch, its gradient accumulated over micro-batches of whole
+        groups, each normalised by the minibatch's totals so they add up to the minibatch's gradient;
+        returns train/ and algo/ metrics."""
         optimizer = self.optimizers()
-        logprobs, entropy = self.policy_logprobs(batch, entropy="grad" if self.entropy_coef else "detached")
-        if batch.sampler_logprobs is None:  # on-policy, single update: the current policy sampled
-            batch.sampler_logprobs = logprobs.detach()
-        weights, algo_metrics = self.algorithm.weights(logprobs.detach(), batch)
-        mask, agg = batch.response_mask, self.algorithm.loss_agg
-        loss = weighted_log_likelihood_loss(logprobs, weights, mask, agg, batch.group_size, self.norm_length)
-        aux = self.algorithm.aux_loss(batch)
-        if aux is not None:
-            loss = loss + aux[0]
-            algo_metrics |= aux[1]
-        if self.entropy_coef:
-            loss = loss - self.entropy_coef * aggregate(entropy, mask, agg, batch.group_size, self.norm_length)
-        ratio = torch.exp(logprobs.detach() - batch.sampler_logprobs)[mask.bool()]
-        metrics = {
-            "train/loss": loss.item(), "train/lr": optimizer.param_groups[0]["lr"],
-            "train/entropy": (entropy.detach().sum() / mask.sum()).item(),
-            "train/ratio_mean": ratio.mean().item(), "train/ratio_max": ratio.max().item(),
-            "train/clip_fraction": algo_metrics.pop("clip_fraction", 0.0),
-            "algo/objective": self.algorithm.objective(logprobs.detach(), batch).item(),
-        }
-        metrics |= {f"algo/{key}": value for key, value in algo_metrics.items()}
-        if not torch.isfinite(loss):
-            metrics["train/nonfinite_loss"] = 1.0  # reported, the step is skipped
-            return metrics
         optimizer.zero_grad()
-        self.manual_backward(loss)
+        totals = (batch.response_mask.shape[0], int(batch.response_mask.sum()) or 1)
+        parts = [batch] if self.accumulate_grad_batches == 1 else [
+            replace(batch.select_groups(groups), totals=totals)
+            for groups in torch.arange(batch.num_groups, device=self.device).chunk(self.accumulate_grad_batches)]
+        history, fill_sampler_logprobs = defaultdict(list), batch.sampler_logprobs is None
+        for part in parts:
+            loss, metrics = self._loss(part)
+            for key, value in metrics.items():
+                history[key].append(value)
+            if not torch.isfinite(loss):
+                optimizer.zero_grad()
+                return summarise(history) | {"train/nonfinite_loss": 1.0}  # reported, the step is skipped
+            self.manual_backward(loss)
+        if fill_sampler_logprobs and len(parts) > 1:  # on-policy: the parts' first forwards, in row order
+            batch.sampler_logprobs = torch.cat([part.sampler_logprobs for part in parts])
+        metrics = summarise(history) | {"train/loss": sum(history["train/loss"])}
         if self.max_grad_norm:
             params = list(self.policy.parameters()) + list(self.extras.parameters())
             metrics["train/grad_norm"] = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm).item()
@@ -146,11 +145,36 @@ class PostTrainingModule(L.LightningModule):
         self.budget.optimizer_steps += 1
         return metrics
 
+    def _loss(self, batch: Rollout) -> tuple[Tensor, dict[str, float]]:
+        """The surrogate of a (micro-)batch, plus the algorithm's auxiliary loss and the entropy bonus."""
+        logprobs, entropy = self.policy_logprobs(batch, entropy="grad" if self.entropy_coef else "detached")
+        if batch.sampler_logprobs is None:  # on-policy, single update: the current policy sampled
+            batch.sampler_logprobs = logprobs.detach()
+        weights, algo_metrics = self.algorithm.weights(logprobs.detach(), batch)
+        mask, agg = batch.response_mask, self.algorithm.loss_agg
+        loss = weighted_log_likelihood_loss(logprobs, weights, mask, agg, batch.group_size, self.norm_length, batch.totals)
+        aux = self.algorithm.aux_loss(batch)
+        if aux is not None:
+            loss = loss + aux[0]
+            algo_metrics |= aux[1]
+        if self.entropy_coef:
+            loss = loss - self.entropy_coef * aggregate(entropy, mask, agg, batch.group_size, self.norm_length, batch.totals)
+        ratio = torch.exp(logprobs.detach() - batch.sampler_logprobs)[mask.bool()]
+        metrics = {
+            "train/loss": loss.item(), "train/lr": self.optimizers().param_groups[0]["lr"],
+            "train/entropy": (entropy.detach().sum() / mask.sum()).item(),
+            "train/ratio_mean": ratio.mean().item(), "train/ratio_max": ratio.max().item(),
+            "train/clip_fraction": algo_metrics.pop("clip_fraction", 0.0),
+            "algo/objective": self.algorithm.objective(logprobs.detach(), batch).item(),
+        }
+        return loss, metrics | {f"algo/{key}": value for key, value in algo_metrics.items()}
+
     def _rollout_metrics(self, rollout: Rollout) -> dict[str, float]:
         rewards, mask = rollout.rewards, rollout.response_mask
         grouped = rewards.view(-1, rollout.group_size)
         metrics = {
-            "train/accuracy": (rewards == 1).float().mean().item(),
+            "train/accuracy": rollout.correct.float().mean().item(),
+            **{f"train/reward/{name}": values.mean().item() for name, values in rollout.reward_terms.items()},
             "train/response_length": mask.sum(-1).float().mean().item(),
             "train/zero_spread_groups": (grouped.max(1).values == grouped.min(1).values).float().mean().item(),
         }
@@ -159,6 +183,17 @@ class PostTrainingModule(L.LightningModule):
             log_ratio = sequence_logprobs(rollout.sampler_logprobs, mask) - sequence_logprobs(rollout.ref_logprobs, mask)
             metrics["train/kl_ref"] = log_ratio.mean().item()
         return metrics
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Checkpoints hold what training changes: trainable weights (all of them, or LoRA's adapters),
+        buffers and the critic, not the frozen reference nor frozen base weights."""
+        frozen = {name for name, param in self.named_parameters() if not param.requires_grad}
+        frozen |= {name for name in checkpoint["state_dict"] if name.startswith("reference.")}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in frozen}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """The frozen weights a checkpoint leaves out are those this module was built with."""
+        checkpoint["state_dict"] = self.state_dict() | checkpoint["state_dict"]
 
     def validation_step(self, rows: list[dict], batch_idx: int) -> None:
         """The task's evaluator: greedy val/reward and val/accuracy, or exact/ metrics."""

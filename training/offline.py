@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from datasets import Dataset, load_from_disk
 
-from algorithms.base import ConfigError
+from schema import ConfigError
 from training.rollout import Rollout, encode_prompts
 from training.samplers import Reference, Sampler, Uniform
 

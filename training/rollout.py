@@ -24,6 +24,9 @@ class Rollout:
     step_mask: Tensor | None = None  # (B, T) 1 at the last token of each step
     generated_groups: int | None = None  # groups sampled for this batch (the first ones); None: all
     extras: dict[str, Tensor] = field(default_factory=dict)  # (B, ...) each, set by algorithm.prepare
+    reward_terms: dict[str, Tensor] = field(default_factory=dict)  # (B,) each: named terms of the reward, the
+    #                                                                 first one the correctness score
+    totals: tuple[int, int] | None = None  # (rows, tokens) of the minibatch this micro-batch belongs to
     prompts: list[str] = field(default_factory=list)  # (B,) text, for logs
     completions: list[str] = field(default_factory=list)  # (B,)
 
@@ -31,10 +34,16 @@ class Rollout:
     def num_groups(self) -> int:
         return self.rewards.shape[0] // self.group_size
 
+    @property
+    def correct(self) -> Tensor:
+        """(B,) bool: the response is fully right (its correctness score, or its reward, is 1)."""
+        return next(iter(self.reward_terms.values()), self.rewards) == 1
+
     def _map(self, fn) -> dict:
         """fn applied to every row-aligned tensor, extras included, as replace() arguments."""
         tensors = {f.name: fn(getattr(self, f.name)) for f in fields(self) if isinstance(getattr(self, f.name), Tensor)}
-        return tensors | {"extras": {key: fn(value) for key, value in self.extras.items()}}
+        return tensors | {name: {key: fn(value) for key, value in getattr(self, name).items()}
+                          for name in ("extras", "reward_terms")}
 
     def to(self, device) -> "Rollout":
         return replace(self, **self._map(lambda t: t.to(device)))
@@ -64,6 +73,7 @@ def concat(parts: list[Rollout]) -> Rollout:
         prompt_ids=stack("prompt_ids", prompt_len, left=True), prompt_mask=stack("prompt_mask", prompt_len, left=True),
         response_ids=stack("response_ids", response_len, left=False), response_mask=stack("response_mask", response_len, left=False),
         rewards=torch.cat([part.rewards for part in parts]), group_size=first.group_size,
+        reward_terms={name: torch.cat([part.reward_terms[name] for part in parts]) for name in first.reward_terms},
         sampler_logprobs=stack("sampler_logprobs", response_len, left=False),
         step_rewards=stack("step_rewards", response_len, left=False), step_mask=stack("step_mask", response_len, left=False),
         prompts=[text for part in parts for text in part.prompts],

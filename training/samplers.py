@@ -12,8 +12,9 @@ import random
 
 import torch
 
-from algorithms.base import ConfigError
+from schema import ConfigError
 from models.lm import token_logprobs
+from rewards import score
 from training.rollout import Rollout, concat, encode_prompts, encode_responses
 
 
@@ -33,17 +34,21 @@ class Sampler:
     def sample(self, rows: list[dict], policy) -> Rollout:
         raise NotImplementedError
 
-    def _score(self, rows: list[dict], completions: list[str]) -> torch.Tensor:
+    def _score(self, rows: list[dict], completions: list[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Rewards (B,) and their named terms, rows[g] repeated for its group."""
         repeated = [row for row in rows for _ in range(self.group_size)]
-        return torch.tensor(self.reward_fn(completions, repeated), dtype=torch.float32)
+        total, terms = score(self.reward_fn, completions, repeated)
+        as_tensor = lambda values: torch.tensor(values, dtype=torch.float32)
+        return as_tensor(total), {name: as_tensor(values) for name, values in terms.items()}
 
     def _from_responses(self, rows: list[dict], responses: list[str], max_tokens: int | None = None) -> Rollout:
         """A rollout of given response texts, rows[g] repeated for its group."""
         prompts = [row["prompt"] for row in rows for _ in range(self.group_size)]
         prompt_ids, prompt_mask = encode_prompts(self.tokenizer, prompts)
         response_ids, response_mask = encode_responses(self.tokenizer, responses, max_tokens)
-        return Rollout(prompt_ids, prompt_mask, response_ids, response_mask, self._score(rows, responses),
-                       self.group_size, prompts=prompts, completions=responses)
+        rewards, terms = self._score(rows, responses)
+        return Rollout(prompt_ids, prompt_mask, response_ids, response_mask, rewards, self.group_size,
+                       reward_terms=terms, prompts=prompts, completions=responses)
 
 
 def step_reward_tensors(tokenizer, reward_fn, completions, rows, response_ids, response_mask):
@@ -75,8 +80,10 @@ class OnPolicy(Sampler):
         prompt_ids, prompt_mask = (t.to(device) for t in encode_prompts(self.tokenizer, prompts))
         response_ids, response_mask = self.generator(model, self.tokenizer, prompt_ids, prompt_mask)
         completions = self.tokenizer.batch_decode(response_ids * response_mask, skip_special_tokens=True)
-        rollout = Rollout(prompt_ids, prompt_mask, response_ids, response_mask, self._score(rows, completions).to(device),
-                          self.group_size, prompts=prompts, completions=completions)
+        rewards, terms = self._score(rows, completions)
+        rollout = Rollout(prompt_ids, prompt_mask, response_ids, response_mask, rewards.to(device), self.group_size,
+                          reward_terms={name: values.to(device) for name, values in terms.items()},
+                          prompts=prompts, completions=completions)
         if with_logprobs:
             rollout.sampler_logprobs = token_logprobs(model, prompt_ids, prompt_mask, response_ids, response_mask)
         if hasattr(self.reward_fn, "steps"):
@@ -92,10 +99,11 @@ class Reference(OnPolicy):
     needs_reference = True
 
     def setup(self, policy, reference, task) -> None:
-        self.model = reference.model
+        self.reference = reference
 
     def sample(self, rows: list[dict], policy) -> Rollout:
-        rollout = self._generate(rows, self.model, with_logprobs=True)
+        with self.reference.sampling() as model:
+            rollout = self._generate(rows, model, with_logprobs=True)
         rollout.ref_logprobs = rollout.sampler_logprobs  # the sampler is pi_ref: no second forward
         return rollout
 

@@ -23,12 +23,18 @@ def write_summary(output_dir: str, cfg, choices: dict, values: dict) -> dict:
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_config(out, cfg)
+    return summary
+
+
+def write_config(output_dir: str | Path, cfg) -> None:
+    """config.yaml: the run's config with every interpolation resolved."""
     try:
         resolved = OmegaConf.to_yaml(cfg, resolve=True)
     except Exception:  # a failed run's config may not resolve (e.g. a missing model.path)
         resolved = OmegaConf.to_yaml(cfg)
-    (out / "config.yaml").write_text(resolved)
-    return summary
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    (Path(output_dir) / "config.yaml").write_text(resolved)
 
 
 def write_failure(output_dir: str, cfg, choices: dict, error: BaseException) -> dict:

@@ -13,28 +13,31 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from algorithms.sft import SFT
+from models.build import builder_config
 from training.data import prompt_loader
 from training.module import PostTrainingModule
 from training.samplers import Demonstrations
 
 
 def cache_key(cfg) -> str:
-    settings = {name: OmegaConf.to_container(cfg[name], resolve=True) for name in ("model", "task", "warmstart")}
+    """The warm start depends on the model's weights (its builder, not its policy options such as
+    LoRA or dtype, which apply after it), the task and the warm-start settings."""
+    settings = {name: OmegaConf.to_container(cfg[name], resolve=True) for name in ("task", "warmstart")}
+    settings["model"] = OmegaConf.to_container(builder_config(cfg.model), resolve=True)
     settings["warmstart"].pop("cache_dir", None)
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def warm_start(cfg, task) -> Path:
-    """Path of the warm-started policy for this config, training it first if it is not cached."""
+def warm_start(cfg, task, model, tokenizer) -> Path:
+    """Path of the warm-started policy for this config, training `model` (the model as built, left
+    as it is when the cache has it) into it first if it is not cached."""
     path = Path(cfg.warmstart.cache_dir).expanduser() / "warmstart" / cache_key(cfg)
     if (path / "ptlab_warmstart.json").exists():
         return path
     start = time.perf_counter()
-    model, tokenizer = instantiate(cfg.model)
     settings = cfg.warmstart
     module = PostTrainingModule(
         policy=model, tokenizer=tokenizer, algorithm=SFT(), reference=None,
@@ -43,7 +46,8 @@ def warm_start(cfg, task) -> Path:
         max_grad_norm=1.0,
     )
     trainer = L.Trainer(max_steps=settings.steps, max_epochs=-1, logger=False, enable_checkpointing=False,
-                        enable_model_summary=False, accelerator="cpu", devices=1, limit_val_batches=0)
+                        enable_model_summary=False, accelerator=cfg.trainer.accelerator, devices=1,
+                        limit_val_batches=0)
     with torch.random.fork_rng():
         torch.manual_seed(settings.seed)
         trainer.fit(module, prompt_loader(task.train_dataset(), settings.batch_size, shuffle=True, seed=settings.seed))

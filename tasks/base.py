@@ -1,0 +1,53 @@
+"""What every text task shares: train and held-out datasets of rows (`prompt`, `answer`, ...), a
+reward, a greedy evaluator, and how prompts reach the model.
+
+Prompts are plain text by default. With `chat: true` each prompt is rendered through the
+tokenizer's chat template as one user message (after an optional system message), ending with the
+assistant's turn, the way an instruct model was trained to see a question. The raw text stays in
+the `question` column.
+"""
+from datasets import Dataset
+
+from schema import ConfigError
+
+
+def render_chat(tokenizer, question: str, system_prompt: str | None = None) -> str:
+    """The chat-template text of one question. Encoding this text the usual way (tokenizer(text))
+    gives exactly the template's tokens: a BOS that the tokenizer adds by itself is not written twice."""
+    messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
+        {"role": "user", "content": question}]
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    bos = tokenizer.bos_token
+    adds_bos = bos is not None and tokenizer("x").input_ids[:1] == [tokenizer.bos_token_id]
+    return text[len(bos):] if adds_bos and text.startswith(bos) else text
+
+
+class TextTask:
+    step_rewards = False  # whether the reward gives per-step rewards (process supervision)
+    response_tokens = None  # open vocabulary
+
+    def __init__(self, reward, max_new_tokens: int = 8, chat: bool = False, system_prompt: str | None = None):
+        self.reward, self.max_new_tokens = reward, max_new_tokens
+        self.chat, self.system_prompt = chat, system_prompt
+        self._train, self._val = Dataset.from_list([]), Dataset.from_list([])
+
+    def train_dataset(self) -> Dataset:
+        return self._train
+
+    def val_dataset(self) -> Dataset:
+        return self._val
+
+    def evaluator(self, policy, tokenizer, generator, beta: float):
+        from training.evaluation import GreedyAccuracy
+
+        return GreedyAccuracy(tokenizer, generator, self.reward)
+
+    def format_prompts(self, tokenizer, model_name: str = "this model") -> None:
+        """Render every prompt for this tokenizer (chat: true), once, before training."""
+        if not self.chat:
+            return
+        if not getattr(tokenizer, "chat_template", None):
+            raise ConfigError(f"task.chat=true needs a tokenizer with a chat template, and {model_name}'s has none; "
+                              "set task.chat=false or use an instruct model")
+        render = lambda row: {"question": row["prompt"], "prompt": render_chat(tokenizer, row["prompt"], self.system_prompt)}
+        self._train, self._val = self._train.map(render), self._val.map(render)

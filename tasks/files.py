@@ -1,0 +1,51 @@
+"""Bring your own prompts: a task read from a JSONL or Parquet file, or a directory saved with
+`datasets.Dataset.save_to_disk`.
+
+Each record needs a prompt field and an answer field (named by `prompt_field`, `answer_field`); a
+`rejected_field` adds the rejected responses that offline DPO (sampler=pairs) trains on. Every other
+field rides along in the row, so a reward can read it. The held-out split is `val_size` records
+chosen by the task's own seed (not the run's): every run sees the same validation set.
+"""
+import json
+from pathlib import Path
+
+from datasets import Dataset, load_dataset, load_from_disk
+
+from schema import ConfigError
+from tasks.base import TextTask
+
+FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+
+
+def read_records(path: Path) -> Dataset:
+    if path.is_dir():
+        return load_from_disk(str(path))
+    if path.suffix not in FORMATS:
+        raise ConfigError(f"task.path={str(path)!r} is not a .jsonl, .json or .parquet file, nor a saved datasets directory")
+    return load_dataset(FORMATS[path.suffix], data_files=str(path), split="train")
+
+
+class FileTask(TextTask):
+    def __init__(self, path: str, reward, prompt_field: str = "prompt", answer_field: str = "answer",
+                 rejected_field: str | None = None, val_size: int = 100, seed: int = 0, max_new_tokens: int = 64,
+                 chat: bool = False, system_prompt: str | None = None):
+        super().__init__(reward, max_new_tokens, chat, system_prompt)
+        source = Path(path).expanduser()
+        if not source.exists():
+            raise ConfigError(f"task.path={path!r} does not exist; give a .jsonl, .json or .parquet file or a saved datasets directory")
+        records = read_records(source)
+        fields = {"prompt_field": prompt_field, "answer_field": answer_field, "rejected_field": rejected_field}
+        for key, field in fields.items():
+            if field is not None and field not in records.column_names:
+                raise ConfigError(f"task.{key}={field!r} is not a field of {path}; its fields are: {', '.join(records.column_names)}")
+        if not 0 < val_size < len(records):
+            raise ConfigError(f"task.val_size={val_size} is not allowed for {path} ({len(records)} records): 0 < val_size < {len(records)}")
+
+        def row(record: dict) -> dict:
+            return {**record, "prompt": str(record[prompt_field]), "answer": str(record[answer_field]),
+                    "rejected": str(record[rejected_field]) if rejected_field else "",
+                    "entry": json.dumps(record, default=str)}
+
+        rows = records.map(row)
+        split = rows.train_test_split(test_size=val_size, seed=seed)
+        self._train, self._val = split["train"], split["test"]

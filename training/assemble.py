@@ -1,0 +1,62 @@
+"""Instantiate the parts of a run from its composed config and hand them to each other:
+the Trainer (loggers, callbacks), and the module with its policy, reference, critic, sampler and
+evaluator. Called by run.py after the config has been checked."""
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from models.build import build_base, check_lora_targets, prepare_policy
+from models.lm import restrict_vocabulary
+from models.options import POLICY_OPTIONS
+from models.reference import reference_for
+from models.value import critic_for
+from schema import ConfigError
+from training.checks import build
+from training.warmstart import warm_start
+
+
+def build_trainer(cfg):
+    """The Lightning Trainer; it checks its own arguments here, before any model is built.
+    Gradient accumulation is the module's (manual optimisation), so the Trainer is given 1."""
+    loggers = [instantiate(spec) for spec in (cfg.get("logger") or {}).values()]
+    callbacks = [instantiate(spec) for name, spec in cfg.callbacks.items()
+                 if name != "checkpoint" or cfg.trainer.enable_checkpointing is not False]
+    try:
+        return instantiate(cfg.trainer, _partial_=True)(logger=loggers or False, callbacks=callbacks,
+                                                        accumulate_grad_batches=1)
+    except InstantiationException as error:
+        cause = error.__cause__ or error
+        raise ConfigError(f"trainer: {(str(cause).strip().splitlines() or [''])[0]}") from None
+
+
+def policy_options(model_cfg) -> dict:
+    options = {key: model_cfg[key] for key in POLICY_OPTIONS if key in model_cfg}
+    return OmegaConf.to_container(OmegaConf.create(options), resolve=True)
+
+
+def build_module(cfg, algorithm, task, model_name: str = "this model"):
+    """The policy (built, prompts rendered for its tokenizer, warm-started if configured, then made
+    trainable with its options), its reference, critic, sampler and evaluator, in the module.
+    Returns (module, warm-start path or None)."""
+    base, tokenizer = build_base(cfg.model)
+    options = policy_options(cfg.model)
+    check_lora_targets(base, options.get("lora"))  # before the warm start, which may take minutes
+    task.format_prompts(tokenizer, model_name)
+    warm = warm_start(cfg, task, base, tokenizer) if cfg.warmstart.steps > 0 else None
+    if warm:
+        base, tokenizer = build_base(cfg.model, str(warm))
+    if task.response_tokens:
+        restrict_vocabulary(base, tokenizer, task.response_tokens)
+    policy = prepare_policy(base, **options)
+    generator = instantiate(cfg.generation)
+    sampler = build(cfg.sampler, _partial_=True)(tokenizer=tokenizer, reward_fn=task.reward, generator=generator)
+    wants_reference = algorithm.needs_reference or sampler.needs_reference or cfg.module.kl_diagnostic
+    reference = reference_for(policy) if wants_reference else None
+    sampler.setup(policy, reference, task)
+    module = instantiate(cfg.module)(
+        policy=policy, tokenizer=tokenizer, algorithm=algorithm, sampler=sampler, reference=reference,
+        critic=critic_for(policy) if algorithm.needs_critic else None,
+        optimizer=instantiate(cfg.optimizer), scheduler=instantiate(cfg.scheduler),
+        evaluator=task.evaluator(policy, tokenizer, generator, cfg.beta),
+        accumulate_grad_batches=cfg.trainer.accumulate_grad_batches)
+    return module, warm
