@@ -63,7 +63,8 @@ def from_pretrained(path: str):
 
 def builder_config(model_cfg):
     """The part of a model config that makes the weights (the builder and its arguments)."""
-    return OmegaConf.masked_copy(model_cfg, [key for key in model_cfg if key not in POLICY_OPTIONS])
+    resolved = OmegaConf.to_container(model_cfg, resolve=True)  # interpolations point into the whole config
+    return OmegaConf.create({key: value for key, value in resolved.items() if key not in POLICY_OPTIONS})
 
 
 def build_base(model_cfg, path: str | None = None):

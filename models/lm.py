@@ -37,9 +37,11 @@ def token_logprobs(
     input_ids = torch.cat([prompt_ids, response_ids], dim=1)  # (B, P+T)
     attention_mask = torch.cat([prompt_mask, response_mask], dim=1)
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False).logits
-    prompt_len = prompt_ids.shape[1]
-    logits = logits[:, prompt_len - 1 : -1]  # (B, T, V): position t predicts response token t
+    response_len = response_ids.shape[1]
+    # logits only where they are read (a Hugging Face model skips the LM head on prompt positions)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
+                   logits_to_keep=response_len + 1).logits
+    logits = logits[:, -(response_len + 1) : -1]  # (B, T, V): position t predicts response token t
     if logits.dtype in (torch.float16, torch.bfloat16):
         logits = logits.float()
     suppressed = suppressed_token_ids(model)
@@ -51,7 +53,8 @@ def token_logprobs(
     if entropy is None:
         return logprobs
     with torch.set_grad_enabled(entropy == "grad" and torch.is_grad_enabled()):
-        source = logits if entropy == "grad" else logits.detach()
-        probs = torch.softmax(source, dim=-1)
-        token_entropy = torch.logsumexp(source, dim=-1) - (probs * source.nan_to_num(neginf=0.0)).sum(-1)
+        source, norm = (logits, log_norm) if entropy == "grad" else (logits.detach(), log_norm.detach())
+        probs = torch.exp(source - norm.unsqueeze(-1))
+        finite = source.nan_to_num(neginf=0.0) if suppressed else source  # 0 * -inf would be nan
+        token_entropy = norm - torch.linalg.vecdot(probs, finite)  # H = log Z - sum_v p_v * logit_v
     return logprobs, token_entropy * response_mask

@@ -1,10 +1,12 @@
 """Every option of every config group composes and instantiates."""
+from pathlib import Path
+
 import pytest
 from hydra.utils import get_class, instantiate
 
+from models.build import build_base, prepare_policy
 from schema import ConfigError
 from tests.conftest import CONF_DIR, compose_config, tiny_lm
-from models.build import build_base, prepare_policy
 from training.assemble import policy_options
 from training.checks import check_config, check_overrides, group_options
 
@@ -112,3 +114,37 @@ def test_unknown_group_options_are_refused_from_the_command_line(args, message):
 
 def test_valid_overrides_pass():
     check_overrides(["algorithm=gvpo,grpo", "beta=0.1", "trainer.max_steps=3", "seed=0,1"])
+
+
+def test_every_lightning_trainer_argument_is_settable_without_plus(tmp_path):
+    import inspect
+
+    import lightning as L
+    from omegaconf import OmegaConf
+
+    listed = set(OmegaConf.load(CONF_DIR / "trainer" / "default.yaml")) - {"_target_"}
+    arguments = set(inspect.signature(L.Trainer.__init__).parameters) - {"self", "logger", "callbacks"}
+    assert listed == arguments
+    cfg = compose_config(["trainer.precision=bf16-mixed", "trainer.max_time=00:01:00:00"], tmp_path)
+    assert cfg.trainer.precision == "bf16-mixed"
+
+
+def test_a_user_config_folder_adds_group_options(tmp_path):
+    user_conf = str(Path(__file__).parent / "fixtures" / "user_conf")
+    check_overrides(["--config-dir", user_conf, "task=my_arithmetic"])
+    check_overrides([f"hydra.searchpath=[file://{user_conf}]", "task=my_arithmetic"])
+    with pytest.raises(ConfigError, match="task='my_arithmetic' is not an option"):
+        check_overrides(["task=my_arithmetic"])
+    with pytest.raises(ConfigError, match="task='nope' is not an option; choose one of: .*my_arithmetic"):
+        check_overrides([f"--config-dir={user_conf}", "task=nope"])
+
+
+def test_gsm_symbolic_builds_and_scores_extracted_answers():
+    from rewards.reasoning_gym import ReasoningGymScore
+    from tasks.reasoning_gym import ReasoningGymTask
+
+    task = ReasoningGymTask("gsm_symbolic", ReasoningGymScore("gsm_symbolic", extract="last_number"), train_size=6,
+                            val_size=2, val_fraction=0.5)
+    rows = list(task.train_dataset())
+    answers = [f"So the answer is {row['answer']}." for row in rows]
+    assert task.reward(answers, rows) == [1.0] * len(rows)

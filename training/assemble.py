@@ -1,7 +1,6 @@
 """Instantiate the parts of a run from its composed config and hand them to each other:
 the Trainer (loggers, callbacks), and the module with its policy, reference, critic, sampler and
 evaluator. Called by run.py after the config has been checked."""
-from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
@@ -21,12 +20,13 @@ def build_trainer(cfg):
     loggers = [instantiate(spec) for spec in (cfg.get("logger") or {}).values()]
     callbacks = [instantiate(spec) for name, spec in cfg.callbacks.items()
                  if name != "checkpoint" or cfg.trainer.enable_checkpointing is not False]
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    trainer = instantiate(cfg.trainer, _partial_=True)
     try:
-        return instantiate(cfg.trainer, _partial_=True)(logger=loggers or False, callbacks=callbacks,
-                                                        accumulate_grad_batches=1)
-    except InstantiationException as error:
-        cause = error.__cause__ or error
-        raise ConfigError(f"trainer: {(str(cause).strip().splitlines() or [''])[0]}") from None
+        return trainer(logger=loggers or False, callbacks=callbacks, accumulate_grad_batches=1)
+    except (MisconfigurationException, ValueError, TypeError) as error:
+        raise ConfigError(f"trainer: {(str(error).strip().splitlines() or [''])[0]}") from None
 
 
 def policy_options(model_cfg) -> dict:

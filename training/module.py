@@ -44,7 +44,10 @@ class Budget:
     tokens_generated: int = 0
     reward_calls: int = 0
     optimizer_steps: int = 0
-    wall_seconds: float = 0.0
+    wall_seconds: float = 0.0  # since training started
+    sampling_seconds: float = 0.0  # generating and scoring rollouts
+    reference_seconds: float = 0.0  # pi_ref's log-probs
+    update_seconds: float = 0.0  # everything from the first policy forward to the last optimiser step
 
     def add(self, rollout: Rollout) -> None:
         """Count a batch; only its freshly generated groups cost generation and reward calls."""
@@ -93,10 +96,15 @@ class PostTrainingModule(L.LightningModule):
                               rollout.response_mask, entropy=entropy)
 
     def training_step(self, rows: list[dict], batch_idx: int) -> None:
+        clock = time.perf_counter()
         rollout = self.sampler.sample(rows, self.policy).to(self.device)
         self.budget.add(rollout)
+        self.budget.sampling_seconds += time.perf_counter() - clock
+        clock = time.perf_counter()
         if (self.algorithm.needs_reference or self.kl_diagnostic) and rollout.ref_logprobs is None:
             rollout.ref_logprobs = self.reference.logprobs(rollout)  # unless pi_ref itself sampled it
+        self.budget.reference_seconds += time.perf_counter() - clock
+        clock = time.perf_counter()
         single_update = self.update_epochs * self.minibatches == 1
         if rollout.sampler_logprobs is None and (not single_update or self.algorithm.prepare_needs_sampler_logprobs):
             with torch.no_grad():  # the policy before any update sampled this rollout
@@ -109,6 +117,7 @@ class PostTrainingModule(L.LightningModule):
                 for key, value in self._update(rollout.select_groups(groups) if not single_update else rollout).items():
                     history[key].append(value)
         self.last_rollout = rollout
+        self.budget.update_seconds += time.perf_counter() - clock
         self.budget.wall_seconds = time.perf_counter() - self._start
         self.log_dict(summarise(history) | self._rollout_metrics(rollout) | self.budget.metrics(), on_step=True,
                       batch_size=rollout.num_groups)
@@ -135,7 +144,7 @@ class PostTrainingModule(L.LightningModule):
             self.manual_backward(loss)
         if fill_sampler_logprobs and len(parts) > 1:  # on-policy: the parts' first forwards, in row order
             batch.sampler_logprobs = torch.cat([part.sampler_logprobs for part in parts])
-        metrics = summarise(history) | {"train/loss": sum(history["train/loss"])}
+        metrics = summarise(history) | {"train/loss": sum(history["train/loss"]), "train/lr": optimizer.param_groups[0]["lr"]}
         if self.max_grad_norm:
             params = list(self.policy.parameters()) + list(self.extras.parameters())
             metrics["train/grad_norm"] = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm).item()
@@ -161,7 +170,7 @@ class PostTrainingModule(L.LightningModule):
             loss = loss - self.entropy_coef * aggregate(entropy, mask, agg, batch.group_size, self.norm_length, batch.totals)
         ratio = torch.exp(logprobs.detach() - batch.sampler_logprobs)[mask.bool()]
         metrics = {
-            "train/loss": loss.item(), "train/lr": self.optimizers().param_groups[0]["lr"],
+            "train/loss": loss.item(),
             "train/entropy": (entropy.detach().sum() / mask.sum()).item(),
             "train/ratio_mean": ratio.mean().item(), "train/ratio_max": ratio.max().item(),
             "train/clip_fraction": algo_metrics.pop("clip_fraction", 0.0),
@@ -187,7 +196,8 @@ class PostTrainingModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Checkpoints hold what training changes: trainable weights (all of them, or LoRA's adapters),
         buffers and the critic, not the frozen reference nor frozen base weights."""
-        frozen = {name for name, param in self.named_parameters() if not param.requires_grad}
+        frozen = {name for name, value in self.state_dict(keep_vars=True).items()  # tied weights under every name
+                  if isinstance(value, nn.Parameter) and not value.requires_grad}
         frozen |= {name for name in checkpoint["state_dict"] if name.startswith("reference.")}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in frozen}
 

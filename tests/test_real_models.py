@@ -1,0 +1,175 @@
+"""Real-model features on a tiny Hugging Face Llama built locally: chat-template prompts, answer
+extraction, reward terms, LoRA (adapters only trained, reference = base), a critic on a LoRA
+policy, gradient accumulation, export and reload."""
+import copy
+
+import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+
+from algorithms.gvpo import GVPO
+from models.build import add_lora, check_lora_targets
+from models.export import export_policy
+from models.lm import token_logprobs
+from models.reference import AdapterReference, reference_for
+from models.value import critic_for
+from rewards.extract import answer_tag, last_number
+from rewards.format import Matches
+from rewards.match import AnswerMatch
+from rewards.weighted import WeightedSum
+from schema import ConfigError
+from tasks.base import TextTask, render_chat
+from tests.conftest import rollout_from_lists, tiny_lm
+from training.module import PostTrainingModule
+from training.rollout import encode_prompts
+
+CHAT_TEMPLATE = ("{{ bos_token }}{% for m in messages %}[{{ m['role'] }}]{{ m['content'] }}|{% endfor %}"
+                 "{% if add_generation_prompt %}[assistant]{% endif %}")
+
+
+def logprobs_of(model, rollout):
+    return token_logprobs(model, rollout.prompt_ids, rollout.prompt_mask, rollout.response_ids, rollout.response_mask)
+
+
+@pytest.fixture
+def chat_tokenizer(tokenizer):
+    chat = copy.deepcopy(tokenizer)
+    chat.chat_template = CHAT_TEMPLATE
+    return chat
+
+
+def test_chat_prompts_render_the_template_once_and_encode_to_its_tokens(chat_tokenizer):
+    text = render_chat(chat_tokenizer, "4 + 5=", system_prompt="be brief")
+    assert text == "[system]be brief|[user]4 + 5=|[assistant]"  # the tokenizer adds <bos> itself
+    templated = chat_tokenizer.apply_chat_template(
+        [{"role": "system", "content": "be brief"}, {"role": "user", "content": "4 + 5="}],
+        add_generation_prompt=True, tokenize=True, return_dict=False)
+    ids, _ = encode_prompts(chat_tokenizer, [text])
+    assert ids[0].tolist() == list(templated) and ids[0].tolist().count(chat_tokenizer.bos_token_id) == 1
+
+
+def test_a_task_renders_chat_prompts_and_keeps_the_question(chat_tokenizer, tokenizer):
+    task = TextTask(reward=None, chat=True)
+    task._train = task._val = __import__("datasets").Dataset.from_list([{"prompt": "2 + 2=", "answer": "4"}])
+    task.format_prompts(chat_tokenizer)
+    assert task.train_dataset()[0] == {"prompt": "[user]2 + 2=|[assistant]", "answer": "4", "question": "2 + 2="}
+    with pytest.raises(ConfigError, match="task.chat=true needs a tokenizer with a chat template, and model=tiny's has none"):
+        TextTask(reward=None, chat=True).format_prompts(tokenizer, "model=tiny")
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("17 + 25 = 42, so the answer is 42.", "42"),
+    ("The difference is -7", "-7"),
+    ("It costs 1,234 dollars.", "1234"),
+    ("about 3.5 apples", "3.5"),
+    ("no number here", ""),
+])
+def test_last_number(text, expected):
+    assert last_number(text) == expected
+
+
+def test_answer_tag_takes_the_last_tag_and_scores_against_the_answer():
+    assert answer_tag("<answer>3</answer> wait, <answer> 4 </answer>") == "4"
+    assert answer_tag("4") == ""
+    rows = [{"answer": "4"}] * 3
+    assert AnswerMatch("answer_tag")(["<answer>4</answer>", "<answer>4.0</answer>", "4"], rows) == [1.0, 1.0, 0.0]
+
+
+def test_weighted_terms_add_up_and_accuracy_follows_the_first_term():
+    reward = WeightedSum({"correct": {"weight": 1.0, "fn": AnswerMatch("last_number")},
+                          "format": {"weight": 0.5, "fn": Matches(r"^\d+$")}})
+    completions, rows = ["4", "it is 4", "5"], [{"answer": "4"}] * 3
+    assert reward.components(completions, rows) == {"correct": [1.0, 1.0, 0.0], "format": [1.0, 0.0, 1.0]}
+    assert reward(completions, rows) == [1.5, 1.0, 0.5]
+    with pytest.raises(ConfigError, match="task.reward.terms.bad.fn is not a reward callable"):
+        WeightedSum({"bad": {"weight": 1.0, "fn": "not callable"}})
+
+
+def test_lora_trains_only_adapters_and_its_reference_is_the_base_model(tokenizer):
+    base = tiny_lm(tokenizer).float()
+    untouched = copy.deepcopy(base)
+    policy = add_lora(base, r=4, alpha=8)
+    reference = reference_for(policy)
+    assert isinstance(reference, AdapterReference) and not isinstance(reference, torch.nn.Module)  # no second copy
+    trainable = {name for name, p in policy.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in name for name in trainable)
+    rollout = rollout_from_lists([1.0, 0.0, 0.5, 0.0], group_size=2, lengths=[3, 2, 4, 1], prompt_len=3)
+    base_weights = {name: p.detach().clone() for name, p in policy.named_parameters() if not p.requires_grad}
+    optimizer = torch.optim.SGD([p for p in policy.parameters() if p.requires_grad], lr=1.0)
+    for _ in range(2):  # LoRA's B starts at 0: the first step moves B, the second moves the policy
+        optimizer.zero_grad()
+        (-logprobs_of(policy, rollout).sum()).backward()
+        optimizer.step()
+    assert all(torch.equal(p, base_weights[name]) for name, p in policy.named_parameters() if not p.requires_grad)
+    with torch.no_grad():
+        assert torch.allclose(reference.logprobs(rollout), logprobs_of(untouched, rollout), atol=1e-6)
+        assert not torch.allclose(logprobs_of(policy, rollout), logprobs_of(untouched, rollout), atol=1e-3)
+    assert policy.training  # the reference's context gave the policy back as it was
+
+
+def test_lora_targets_that_do_not_exist_are_refused_naming_the_layers(tokenizer):
+    model = tiny_lm(tokenizer)
+    with pytest.raises(ConfigError, match=r"model.lora.target_modules=\['qkv'\] names qkv, not a linear layer of "
+                                          r"LlamaForCausalLM; its linear layers are: down_proj, gate_proj, k_proj"):
+        check_lora_targets(model, {"r": 4, "target_modules": ["qkv"]})
+    check_lora_targets(model, {"r": 4, "target_modules": ["q_proj", "v_proj"]})
+
+
+def test_ppo_critic_on_a_lora_policy_reads_hidden_states_and_trains_its_own_adapters(tokenizer):
+    policy = add_lora(tiny_lm(tokenizer).float(), r=4)
+    critic = critic_for(policy)
+    rollout = rollout_from_lists([1.0, 0.0], group_size=2, lengths=[3, 2], prompt_len=3)
+    values = critic(rollout)
+    assert values.shape == rollout.response_mask.shape and torch.all(values == 0)  # zero head at the start
+    trainable = {name for name, p in critic.named_parameters() if p.requires_grad}
+    assert "head.weight" in trainable and all("lora_" in name or name.startswith("head.") for name in trainable)
+    assert not set(map(id, critic.parameters())) & set(map(id, policy.parameters()))  # its own weights
+
+
+@pytest.mark.parametrize("loss_agg", ["token-mean", "seq-mean-token-mean", "group-mean-token-sum"])
+def test_accumulated_micro_batches_give_the_whole_batch_gradient(tokenizer, loss_agg):
+    policy = tiny_lm(tokenizer)
+    module = PostTrainingModule(policy=policy, tokenizer=tokenizer, algorithm=GVPO(beta=0.1, group_size=2, loss_agg=loss_agg),
+                                sampler=None, reference=None, optimizer=None, entropy_coef=0.05)
+    rollout = rollout_from_lists([1.0, 0.0, 0.5, 0.0, 0.2, 0.9], group_size=2, lengths=[3, 2, 4, 1, 2, 3], prompt_len=3)
+    with torch.no_grad():
+        rollout.ref_logprobs = logprobs_of(policy, rollout) - 0.1 * rollout.response_mask
+
+    def gradient(parts):
+        policy.zero_grad()
+        for part in parts:
+            part = copy.copy(part)
+            part.sampler_logprobs = None
+            module._loss(part)[0].backward()
+        return torch.cat([p.grad.flatten() for p in policy.parameters()])
+
+    totals = (6, int(rollout.response_mask.sum()))
+    parts = [rollout.select_groups(torch.tensor(groups)) for groups in ([0], [1, 2])]
+    for part in parts:
+        part.totals = totals
+    whole = gradient([rollout])
+    assert whole.abs().max() > 1e-4 and torch.allclose(gradient(parts), whole, atol=1e-10)
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_an_exported_policy_reloads_with_the_same_logprobs(tokenizer, tmp_path, lora):
+    policy = tiny_lm(tokenizer).float()
+    if lora:
+        policy = add_lora(policy, r=4)
+        torch.nn.init.normal_(next(p for n, p in policy.named_parameters() if "lora_B" in n), std=0.5)
+    rollout = rollout_from_lists([1.0, 0.0], group_size=2, lengths=[3, 2], prompt_len=3)
+    with torch.no_grad():
+        expected = logprobs_of(policy.eval(), rollout)
+    export_policy(policy, tokenizer, tmp_path / "merged", "merged")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
+    with torch.no_grad():
+        assert torch.allclose(logprobs_of(reloaded, rollout), expected, atol=1e-5)
+    assert (tmp_path / "merged" / "tokenizer.json").exists()
+    if lora:
+        assert any("lora" in n for n, _ in policy.named_parameters())  # the live policy keeps its adapters
+        export_policy(policy, tokenizer, tmp_path / "adapter", "adapter")
+        assert (tmp_path / "adapter" / "adapter_config.json").exists()
+        with_adapter = PeftModel.from_pretrained(tiny_lm(tokenizer).float(), tmp_path / "adapter").eval()
+        with torch.no_grad():
+            assert torch.allclose(logprobs_of(with_adapter, rollout), expected, atol=1e-5)
