@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 
 from schema import ConfigError
 from training.checks import build, check_config, check_overrides
-from training.summary import write_config, write_failure, write_summary
+from training.summary import headline, write_config, write_failure, write_summary
 
 os.environ.setdefault("WANDB_SILENT", "true")
 warnings.filterwarnings("ignore", message=".*(LeafSpec|does not have many workers|no `val_dataloader`|module\(s\) in eval mode"
@@ -34,6 +34,7 @@ def train(cfg: DictConfig) -> dict:
     import lightning as L  # heavy imports after the checks
 
     logging.getLogger("lightning").handlers.clear()  # Lightning's info goes to run.log, not the console
+    quiet_libraries()
     from models.export import export_policy
     from training.assemble import build_module, build_trainer
     from training.data import prompt_loader
@@ -49,7 +50,9 @@ def train(cfg: DictConfig) -> dict:
     try:
         before = trainer.validate(module, val_loader, verbose=False)[0]
         trainer.fit(module, train_loader, val_loader)
-        after = trainer.validate(module, val_loader, verbose=False)[0]
+        step, after = module.last_validation
+        if step != trainer.global_step:  # unless fit has just validated the final policy
+            after = trainer.validate(module, val_loader, verbose=False)[0]
     finally:
         finish_wandb()
     exported = export_policy(module.policy, module.tokenizer, output_dir / "policy", cfg.export)
@@ -66,6 +69,17 @@ def train(cfg: DictConfig) -> dict:
     return write_summary(output_dir, cfg, choices, values)
 
 
+def quiet_libraries() -> None:
+    """No per-file progress bars from datasets (prompt rendering) and transformers (weight loading):
+    the run's own progress bar is the one to watch."""
+    from datasets.utils.logging import disable_progress_bar as quiet_datasets
+    from transformers.utils.logging import disable_progress_bar as quiet_transformers
+
+    quiet_datasets()
+    quiet_transformers()
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")  # peft asks a deprecated name
+
+
 def finish_wandb() -> None:
     """Close the W&B run so the next job of a multirun starts its own."""
     if "wandb" in sys.modules:
@@ -79,7 +93,9 @@ def main(cfg: DictConfig) -> float:
     """Returns the metric a sweeper optimises. A failed job leaves summary.json with its error line;
     in a multirun the other jobs still run (Hydra raises after the last)."""
     try:
-        return train(cfg)["val/accuracy"]
+        summary = train(cfg)
+        print(headline(summary), flush=True)
+        return summary["val/accuracy"]
     except Exception as error:
         hydra_cfg = HydraConfig.get()
         write_failure(hydra_cfg.runtime.output_dir, cfg, dict(hydra_cfg.runtime.choices), error)

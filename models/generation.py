@@ -1,12 +1,24 @@
-"""Batched sampling with a KV cache (Hugging Face `generate`).
+"""Batched sampling with a KV cache.
 
-A generation backend maps left-padded prompts to right-padded responses. This one runs the policy
-in-process; a vLLM backend (later) implements the same `__call__`.
+A generation backend maps left-padded prompts to right-padded responses (one per prompt row). This
+one runs the policy in-process with a lean decode loop over a Hugging Face `DynamicCache`:
+  - a row leaves the batch (and the cache) as soon as it has written <eos>, so the long tail of a
+    few rambling responses is decoded at the batch size of those few, not of the whole batch;
+  - a token is drawn by inverting the cumulative distribution with one uniform number per row,
+    instead of the exponential draws over the whole vocabulary that `torch.multinomial` makes;
+  - the logits come only from the last position (`logits_to_keep=1`), and a prompt repeated for
+    the k responses of its group is read once.
+It samples exactly softmax(logits / temperature) (restricted to the top-p nucleus when top_p < 1,
+and never a token in `generation_config.suppress_tokens`), as `generate` does. Models without a KV
+cache interface (the tabular policy) use their own `generate`. A vLLM backend (later) implements
+the same `__call__`.
 """
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from models.lm import suppressed_token_ids
 
 
 @dataclass
@@ -24,19 +36,71 @@ class HFGenerator:
         """
         was_training = model.training
         model.eval()
-        sampling = {} if greedy else dict(temperature=self.temperature, top_p=self.top_p, top_k=0)
-        sequences = model.generate(
-            input_ids=prompt_ids,
-            attention_mask=prompt_mask,
-            max_new_tokens=self.max_new_tokens,
-            do_sample=not greedy,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            **sampling,
-        )
-        model.train(was_training)
-        response_ids = sequences[:, prompt_ids.shape[1] :]  # (B, T)
+        try:
+            if hasattr(getattr(model, "config", None), "num_hidden_layers"):  # a Hugging Face LM: KV cache
+                response_ids = self._decode(model, tokenizer, prompt_ids, prompt_mask, greedy)
+            else:
+                response_ids = self._generate(model, tokenizer, prompt_ids, prompt_mask, greedy)
+        finally:
+            model.train(was_training)
         return response_ids, response_mask_after_eos(response_ids, tokenizer.eos_token_id)
+
+    def _generate(self, model, tokenizer, prompt_ids: Tensor, prompt_mask: Tensor, greedy: bool) -> Tensor:
+        sampling = {} if greedy else dict(temperature=self.temperature, top_p=self.top_p, top_k=0)
+        sequences = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, max_new_tokens=self.max_new_tokens,
+                                   do_sample=not greedy, pad_token_id=tokenizer.pad_token_id,
+                                   eos_token_id=tokenizer.eos_token_id, **sampling)
+        return sequences[:, prompt_ids.shape[1] :]  # (B, T)
+
+    def _decode(self, model, tokenizer, prompt_ids: Tensor, prompt_mask: Tensor, greedy: bool) -> Tensor:
+        from transformers import DynamicCache
+
+        batch, device = prompt_ids.shape[0], prompt_ids.device
+        suppressed = torch.tensor(suppressed_token_ids(model), dtype=torch.long, device=device)
+        responses = torch.full((batch, self.max_new_tokens), tokenizer.pad_token_id, dtype=torch.long, device=device)
+        rows = torch.arange(batch, device=device)  # the rows still writing, in cache order
+        attention = prompt_mask
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache(config=model.config)
+        # the prompt is read once per distinct prompt (a group repeats its prompt k times), then shared
+        distinct, copies = torch.cat([prompt_ids, prompt_mask], dim=1).unique(dim=0, return_inverse=True)
+        inputs, step_positions = prompt_ids, positions
+        for t in range(self.max_new_tokens):
+            if t == 0 and len(distinct) < batch:
+                first = torch.zeros(len(distinct), dtype=torch.long, device=device).scatter_(0, copies, rows)
+                logits = model(input_ids=prompt_ids[first], attention_mask=prompt_mask[first], position_ids=positions[first],
+                               past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+                cache.batch_select_indices(copies)
+                logits = logits[copies].float()  # (B, V)
+            else:
+                logits = model(input_ids=inputs, attention_mask=attention, position_ids=step_positions, past_key_values=cache,
+                               use_cache=True, logits_to_keep=1).logits[:, -1].float()  # (A, V)
+            if len(suppressed):
+                logits.index_fill_(-1, suppressed, float("-inf"))
+            token = logits.argmax(-1) if greedy else self._sample(logits)  # (A,)
+            responses[rows, t] = token
+            going = token != tokenizer.eos_token_id
+            if not going.all():
+                keep = going.nonzero().squeeze(1)
+                if len(keep) == 0:
+                    break
+                cache.batch_select_indices(keep)
+                rows, token, attention, step_positions = rows[keep], token[keep], attention[keep], step_positions[keep]
+            attention = torch.cat([attention, attention.new_ones(len(rows), 1)], dim=1)
+            step_positions = step_positions[:, -1:] + 1
+            inputs = token[:, None]
+        return responses
+
+    def _sample(self, logits: Tensor) -> Tensor:
+        """One token per row from softmax(logits / temperature), top-p nucleus if top_p < 1. (A, V) -> (A,)"""
+        probs = torch.softmax(logits / self.temperature, dim=-1)
+        if self.top_p < 1:
+            sorted_probs, order = probs.sort(dim=-1, descending=True)
+            outside = sorted_probs.cumsum(-1) - sorted_probs >= self.top_p  # mass before the token already covers top_p
+            probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs.masked_fill(outside, 0.0))
+        cumulative = probs.double().cumsum(-1)  # (A, V)
+        uniform = torch.rand(len(probs), 1, dtype=torch.float64, device=probs.device) * cumulative[:, -1:]
+        return torch.searchsorted(cumulative, uniform, right=True).squeeze(1).clamp(max=probs.shape[-1] - 1)
 
 
 def response_mask_after_eos(response_ids: Tensor, eos_token_id: int) -> Tensor:

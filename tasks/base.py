@@ -26,9 +26,11 @@ class TextTask:
     step_rewards = False  # whether the reward gives per-step rewards (process supervision)
     response_tokens = None  # open vocabulary
 
-    def __init__(self, reward, max_new_tokens: int = 8, chat: bool = False, system_prompt: str | None = None):
+    def __init__(self, reward, max_new_tokens: int = 8, chat: bool = False, system_prompt: str | None = None,
+                 eval_samples: int = 0, eval_seed: int = 0):
         self.reward, self.max_new_tokens = reward, max_new_tokens
         self.chat, self.system_prompt = chat, system_prompt
+        self.eval_samples, self.eval_seed = eval_samples, eval_seed  # sampled answers per held-out prompt
         self._train, self._val = Dataset.from_list([]), Dataset.from_list([])
 
     def train_dataset(self) -> Dataset:
@@ -38,9 +40,9 @@ class TextTask:
         return self._val
 
     def evaluator(self, policy, tokenizer, generator, beta: float):
-        from training.evaluation import GreedyAccuracy
+        from training.evaluation import HeldOutEvaluation
 
-        return GreedyAccuracy(tokenizer, generator, self.reward)
+        return HeldOutEvaluation(tokenizer, generator, self.reward, samples=self.eval_samples, seed=self.eval_seed)
 
     def format_prompts(self, tokenizer, model_name: str = "this model") -> None:
         """Render every prompt for this tokenizer (chat: true), once, before training."""

@@ -28,8 +28,8 @@ def read_records(path: Path) -> Dataset:
 class FileTask(TextTask):
     def __init__(self, path: str, reward, prompt_field: str = "prompt", answer_field: str = "answer",
                  rejected_field: str | None = None, val_size: int = 100, seed: int = 0, max_new_tokens: int = 64,
-                 chat: bool = False, system_prompt: str | None = None):
-        super().__init__(reward, max_new_tokens, chat, system_prompt)
+                 chat: bool = False, system_prompt: str | None = None, eval_samples: int = 0, eval_seed: int = 0):
+        super().__init__(reward, max_new_tokens, chat, system_prompt, eval_samples, eval_seed)
         source = Path(path).expanduser()
         if not source.exists():
             raise ConfigError(f"task.path={path!r} does not exist; give a .jsonl, .json or .parquet file or a saved datasets directory")

@@ -29,10 +29,12 @@ class ReasoningGymTask(TextTask):
         max_new_tokens: int = 8,
         chat: bool = False,
         system_prompt: str | None = None,
+        eval_samples: int = 0,
+        eval_seed: int = 0,
     ):
         if name not in reasoning_gym.factory.DATASETS:
             raise ConfigError(f"task.name={name!r} is not a reasoning-gym dataset; e.g. chain_sum, basic_arithmetic")
-        super().__init__(reward, max_new_tokens, chat, system_prompt)
+        super().__init__(reward, max_new_tokens, chat, system_prompt, eval_samples, eval_seed)
         self.name, self.config = name, dict(config or {})
         self.prompt_template, self.seed = prompt_template, seed
         self._train, self._val = self._generate(train_size, val_size, val_fraction)

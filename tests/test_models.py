@@ -83,3 +83,46 @@ def test_select_groups_keeps_whole_groups_in_order():
                       torch.tensor([0.0, 1, 2, 3, 4, 5]), group_size=2, prompts=list("abcdef"), completions=list("uvwxyz"))
     part = rollout.select_groups(torch.tensor([2, 0]))
     assert part.rewards.tolist() == [4, 5, 0, 1] and part.prompts == list("efab") and part.num_groups == 2
+
+
+def test_lean_decoding_matches_hugging_face_generate_greedily(tokenizer):
+    model = tiny_lm(tokenizer, seed=5).float().eval()
+    prompt_ids, prompt_mask = encode_prompts(tokenizer, ["1 + 2=", "47 + 38=", "9 - 60=", "5="])
+    ours, mask = HFGenerator(max_new_tokens=7)(model, tokenizer, prompt_ids, prompt_mask, greedy=True)
+    theirs = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, max_new_tokens=7, do_sample=False,
+                            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)[:, prompt_ids.shape[1]:]
+    theirs_mask = response_mask_after_eos(theirs, tokenizer.eos_token_id)
+    assert torch.equal(mask[:, : theirs.shape[1]], theirs_mask)
+    assert torch.equal(ours[:, : theirs.shape[1]] * mask[:, : theirs.shape[1]], theirs * theirs_mask)
+
+
+def test_top_p_samples_the_renormalised_nucleus_and_never_a_suppressed_token(tokenizer):
+    model = tiny_lm(tokenizer, seed=4).float()
+    model.generation_config.suppress_tokens = [7, 8]
+    probs = torch.softmax(model(tokenizer(["5="], return_tensors="pt").input_ids).logits[0, -1].detach(), -1)
+    probs[[7, 8]] = 0
+    probs /= probs.sum()
+    ordered, order = probs.sort(descending=True)
+    nucleus = order[: int((ordered.cumsum(0) - ordered < 0.6).sum())]
+    expected = torch.zeros_like(probs)
+    expected[nucleus] = probs[nucleus] / probs[nucleus].sum()
+    torch.manual_seed(0)
+    prompt_ids, prompt_mask = encode_prompts(tokenizer, ["5="] * 4000)
+    sampled, _ = HFGenerator(max_new_tokens=1, top_p=0.6)(model, tokenizer, prompt_ids, prompt_mask)
+    freq = torch.bincount(sampled[:, 0], minlength=len(probs)).float() / 4000
+    assert freq[7] == 0 and freq[8] == 0 and freq[expected == 0].sum() == 0
+    assert (freq - expected).abs().max() < 0.03
+
+
+def test_a_repeated_prompt_is_read_once_and_gives_the_same_responses(tokenizer):
+    model = tiny_lm(tokenizer, seed=3).float()
+    generator = HFGenerator(max_new_tokens=6)
+    prompts = ["1 + 2="] * 3 + ["47 + 38="] * 2  # two groups, as a sampler lays them out
+    prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts)
+    grouped, mask = generator(model, tokenizer, prompt_ids, prompt_mask, greedy=True)
+    for prompt, rows in (("1 + 2=", [0, 1, 2]), ("47 + 38=", [3, 4])):
+        ids, alone_mask = encode_prompts(tokenizer, [prompt])
+        alone, _ = generator(model, tokenizer, ids, alone_mask, greedy=True)
+        for i in rows:
+            n = int(mask[i].sum())
+            assert grouped[i, :n].tolist() == alone[0, :n].tolist()

@@ -145,7 +145,8 @@ def test_accumulated_micro_batches_give_the_whole_batch_gradient(tokenizer, loss
         return torch.cat([p.grad.flatten() for p in policy.parameters()])
 
     totals = (6, int(rollout.response_mask.sum()))
-    parts = [rollout.select_groups(torch.tensor(groups)) for groups in ([0], [1, 2])]
+    parts = [rollout.select_groups(torch.tensor(groups)).trimmed() for groups in ([0], [1, 2])]
+    assert parts[0].response_mask.shape[1] == 3  # its own longest response, not the batch's
     for part in parts:
         part.totals = totals
     whole = gradient([rollout])
@@ -173,3 +174,21 @@ def test_an_exported_policy_reloads_with_the_same_logprobs(tokenizer, tmp_path, 
         with_adapter = PeftModel.from_pretrained(tiny_lm(tokenizer).float(), tmp_path / "adapter").eval()
         with torch.no_grad():
             assert torch.allclose(logprobs_of(with_adapter, rollout), expected, atol=1e-5)
+
+
+def test_log_probs_made_in_trimmed_parts_equal_the_whole_batch(tokenizer):
+    from training.rollout import Rollout, encode_responses
+
+    policy = tiny_lm(tokenizer)
+    module = PostTrainingModule(policy=policy, tokenizer=tokenizer, algorithm=GVPO(beta=0.1, group_size=2), sampler=None,
+                                reference=None, optimizer=None, accumulate_grad_batches=3)
+    prompts = ["1=", "1=", "47 + 38=", "47 + 38=", "5 - 2=", "5 - 2="]  # left padding differs by group
+    responses = ["2", "33", "85", "8", "3", "-1234"]  # so does right padding
+    prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts)
+    response_ids, response_mask = encode_responses(tokenizer, responses)
+    rollout = Rollout(prompt_ids, prompt_mask, response_ids, response_mask, torch.zeros(6), group_size=2)
+    part = rollout.select_groups(torch.tensor([0])).trimmed()
+    assert part.prompt_ids.shape[1] == len("1=") + 1 and part.response_ids.shape[1] == 3  # own padding only
+    with torch.no_grad():
+        whole = module.policy_logprobs(rollout)
+        assert torch.allclose(module._in_parts(module.policy_logprobs, rollout), whole, atol=1e-12)

@@ -183,3 +183,23 @@ def test_lora_bf16_autocast_and_accumulation_train_and_export(tmp_path, cache_di
     assert (tmp_path / "policy" / "model.safetensors").exists()  # merged: a plain model
     checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert checkpoint["state_dict"] and all("lora_" in key for key in checkpoint["state_dict"])  # adapters only
+    # the last checkpoint (step 2) exported on request is the policy the run exported at its end
+    from safetensors.torch import load_file
+
+    from training.export import main as export_main
+
+    out = export_main([str(tmp_path), "--out", str(tmp_path / "from_checkpoint")])
+    at_end, from_checkpoint = load_file(tmp_path / "policy" / "model.safetensors"), load_file(out / "model.safetensors")
+    assert at_end.keys() == from_checkpoint.keys() and all(torch.equal(at_end[k], from_checkpoint[k]) for k in at_end)
+
+
+def test_without_a_terminal_a_plain_progress_line_and_a_headline(tmp_path, cache_dir):
+    proc, _ = cli("trainer.max_steps=4", "trainer.log_every_n_steps=2", "logger=none", f"hydra.run.dir={tmp_path}",
+                  *TINY, env_extra=cache_dir)  # stdout is a pipe here, as under nohup or a batch job
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    progress = [line for line in lines if line.startswith("step ")]
+    assert [line.split()[1] for line in progress] == ["2/4", "4/4"] and "reward" in progress[0] and "eta" in progress[0]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert lines[-1] == (f"gvpo on chain_sum, seed 0: val/accuracy {summary['val/accuracy']:.4g} (reference "
+                         f"{summary['ref/val/accuracy']:.4g}) after 4 steps, {summary['wall_seconds']:.0f} s; {tmp_path}")

@@ -34,10 +34,9 @@ def policy_options(model_cfg) -> dict:
     return OmegaConf.to_container(OmegaConf.create(options), resolve=True)
 
 
-def build_module(cfg, algorithm, task, model_name: str = "this model"):
-    """The policy (built, prompts rendered for its tokenizer, warm-started if configured, then made
-    trainable with its options), its reference, critic, sampler and evaluator, in the module.
-    Returns (module, warm-start path or None)."""
+def build_policy(cfg, task, model_name: str = "this model"):
+    """(policy, tokenizer, warm-start path or None): the model built, the task's prompts rendered for
+    its tokenizer, warm-started if configured, then made trainable with its options."""
     base, tokenizer = build_base(cfg.model)
     options = policy_options(cfg.model)
     check_lora_targets(base, options.get("lora"))  # before the warm start, which may take minutes
@@ -47,7 +46,13 @@ def build_module(cfg, algorithm, task, model_name: str = "this model"):
         base, tokenizer = build_base(cfg.model, str(warm))
     if task.response_tokens:
         restrict_vocabulary(base, tokenizer, task.response_tokens)
-    policy = prepare_policy(base, **options)
+    return prepare_policy(base, **options), tokenizer, warm
+
+
+def build_module(cfg, algorithm, task, model_name: str = "this model"):
+    """The policy, its reference, critic, sampler and evaluator, in the module.
+    Returns (module, warm-start path or None)."""
+    policy, tokenizer, warm = build_policy(cfg, task, model_name)
     generator = instantiate(cfg.generation)
     sampler = build(cfg.sampler, _partial_=True)(tokenizer=tokenizer, reward_fn=task.reward, generator=generator)
     wants_reference = algorithm.needs_reference or sampler.needs_reference or cfg.module.kl_diagnostic

@@ -1,5 +1,6 @@
 """Callbacks: sample tables of prompts, completions and rewards."""
 import json
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -30,3 +31,28 @@ class SampleTable(L.Callback):
                 for prompt, completion, reward in rows:
                     f.write(json.dumps({"step": trainer.global_step, "prompt": prompt, "completion": completion,
                                         "reward": reward}) + "\n")
+
+
+class ProgressLine(L.Callback):
+    """Without a terminal (batch jobs, CI, nohup, a file) Lightning's progress bar draws nothing:
+    print one plain line every `every_n_steps` optimiser steps instead, with step, reward, KL to the
+    reference, the last validation accuracy, elapsed time and an estimate of the time left."""
+
+    KEYS = (("train/reward", "reward"), ("train/kl_ref", "kl_ref"), ("val/accuracy", "val/accuracy"),
+            ("exact/kl_to_optimum", "kl_to_optimum"))
+
+    def __init__(self, every_n_steps: int = 10, when: str = "no_terminal"):
+        self.every_n_steps, self.when = every_n_steps, when  # when: no_terminal | always | never
+
+    def enabled(self) -> bool:
+        return self.when == "always" or (self.when == "no_terminal" and not sys.stdout.isatty())
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step, total = trainer.global_step, trainer.max_steps
+        if not self.enabled() or (step % self.every_n_steps and step != total):
+            return
+        metrics = trainer.callback_metrics
+        values = " ".join(f"{name} {float(metrics[key]):.4g}" for key, name in self.KEYS if key in metrics)
+        elapsed = pl_module.budget.wall_seconds
+        left = elapsed / max(step, 1) * (total - step) if total > 0 else float("nan")
+        print(f"step {step}/{total} {values} elapsed {elapsed:.0f}s eta {left:.0f}s", flush=True)

@@ -1,5 +1,5 @@
-"""Validation metrics. A task picks its evaluator: greedy accuracy on held-out prompts, or the exact
-metrics of the enumerable task."""
+"""Validation metrics. A task picks its evaluator: rewards of greedy and sampled answers to held-out
+prompts, or the exact metrics of the enumerable task."""
 import torch
 
 from models.lm import token_logprobs
@@ -7,24 +7,50 @@ from rewards import score
 from training.rollout import encode_prompts
 
 
-class GreedyAccuracy:
-    """val/reward: mean reward of greedy answers; val/accuracy: the fraction fully right (their
-    correctness score is 1); val/reward/<name>: each term of a reward made of several."""
+class HeldOutEvaluation:
+    """Rewards on the held-out prompts, from the greedy answer and from `samples` sampled answers
+    per prompt (the sampling distribution the policy is trained on).
 
-    def __init__(self, tokenizer, generator, reward_fn):
+      val/reward, val/accuracy           mean reward and fraction fully right (correctness score 1) of
+                                         greedy answers; val/reward/<name> for each reward term
+      val/sampled_reward, _accuracy      the same over samples x prompts sampled answers, drawn with
+                                         the task's own seed (every run, before and after training,
+                                         is scored on the same draws of the random stream)
+      val/sampled_accuracy_se            its standard error over prompts
+
+    Prompts are generated `batch_size` rows at a time; sampling never touches the training RNG.
+    """
+
+    def __init__(self, tokenizer, generator, reward_fn, samples: int = 0, seed: int = 0, batch_size: int = 256):
         self.tokenizer, self.generator, self.reward_fn = tokenizer, generator, reward_fn
+        self.samples, self.seed, self.batch_size = samples, seed, batch_size
 
-    def __call__(self, policy, rows: list[dict]) -> dict[str, torch.Tensor]:
+    def _answers(self, policy, rows: list[dict], greedy: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        """Rewards (N,), reward terms and correctness (N,) of one answer per row."""
         device = next(policy.parameters()).device
-        prompt_ids, prompt_mask = encode_prompts(self.tokenizer, [row["prompt"] for row in rows])
-        response_ids, response_mask = self.generator(policy, self.tokenizer, prompt_ids.to(device), prompt_mask.to(device),
-                                                     greedy=True)
-        completions = self.tokenizer.batch_decode(response_ids * response_mask, skip_special_tokens=True)
+        completions = []
+        for start in range(0, len(rows), self.batch_size):
+            prompt_ids, prompt_mask = encode_prompts(self.tokenizer, [row["prompt"] for row in rows[start : start + self.batch_size]])
+            response_ids, response_mask = self.generator(policy, self.tokenizer, prompt_ids.to(device),
+                                                         prompt_mask.to(device), greedy=greedy)
+            completions += self.tokenizer.batch_decode(response_ids * response_mask, skip_special_tokens=True)
         total, terms = score(self.reward_fn, completions, rows)
         rewards, terms = torch.tensor(total), {name: torch.tensor(values) for name, values in terms.items()}
-        correct = next(iter(terms.values()), rewards) == 1
-        return {"val/reward": rewards.mean(), "val/accuracy": correct.float().mean(),
-                **{f"val/reward/{name}": values.mean() for name, values in terms.items()}}
+        return rewards, terms, next(iter(terms.values()), rewards) == 1
+
+    def __call__(self, policy, rows: list[dict]) -> dict[str, torch.Tensor]:
+        rewards, terms, correct = self._answers(policy, rows, greedy=True)
+        metrics = {"val/reward": rewards.mean(), "val/accuracy": correct.float().mean(),
+                   **{f"val/reward/{name}": values.mean() for name, values in terms.items()}}
+        if self.samples:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.seed)
+                repeated = [row for row in rows for _ in range(self.samples)]  # a prompt's samples side by side
+                rewards, _, correct = self._answers(policy, repeated, greedy=False)
+            per_prompt = correct.float().view(len(rows), self.samples).mean(1)
+            metrics |= {"val/sampled_reward": rewards.mean(), "val/sampled_accuracy": per_prompt.mean(),
+                        "val/sampled_accuracy_se": per_prompt.std() / len(rows) ** 0.5}
+        return metrics
 
 
 class ExactMetrics:

@@ -79,6 +79,7 @@ class PostTrainingModule(L.LightningModule):
         self.norm_length = norm_length  # constant length of the seq-mean-token-sum-norm aggregation
         self.budget = Budget()
         self.last_rollout: Rollout | None = None
+        self.last_validation: tuple[int, dict[str, float]] | None = None  # (step, metrics) of the latest validation
         self._start = None
 
     def configure_optimizers(self):
@@ -102,13 +103,13 @@ class PostTrainingModule(L.LightningModule):
         self.budget.sampling_seconds += time.perf_counter() - clock
         clock = time.perf_counter()
         if (self.algorithm.needs_reference or self.kl_diagnostic) and rollout.ref_logprobs is None:
-            rollout.ref_logprobs = self.reference.logprobs(rollout)  # unless pi_ref itself sampled it
+            rollout.ref_logprobs = self._in_parts(self.reference.logprobs, rollout)  # unless pi_ref itself sampled it
         self.budget.reference_seconds += time.perf_counter() - clock
         clock = time.perf_counter()
         single_update = self.update_epochs * self.minibatches == 1
         if rollout.sampler_logprobs is None and (not single_update or self.algorithm.prepare_needs_sampler_logprobs):
             with torch.no_grad():  # the policy before any update sampled this rollout
-                rollout.sampler_logprobs = self.policy_logprobs(rollout)
+                rollout.sampler_logprobs = self._in_parts(self.policy_logprobs, rollout)
         with torch.no_grad():
             self.algorithm.prepare(rollout)
         history = defaultdict(list)
@@ -130,9 +131,8 @@ class PostTrainingModule(L.LightningModule):
         optimizer = self.optimizers()
         optimizer.zero_grad()
         totals = (batch.response_mask.shape[0], int(batch.response_mask.sum()) or 1)
-        parts = [batch] if self.accumulate_grad_batches == 1 else [
-            replace(batch.select_groups(groups), totals=totals)
-            for groups in torch.arange(batch.num_groups, device=self.device).chunk(self.accumulate_grad_batches)]
+        chunks = batch.groups_by_length(self.accumulate_grad_batches) if self.accumulate_grad_batches > 1 else []
+        parts = [replace(batch.select_groups(groups).trimmed(), totals=totals) for groups in chunks] or [batch]
         history, fill_sampler_logprobs = defaultdict(list), batch.sampler_logprobs is None
         for part in parts:
             loss, metrics = self._loss(part)
@@ -142,8 +142,8 @@ class PostTrainingModule(L.LightningModule):
                 optimizer.zero_grad()
                 return summarise(history) | {"train/nonfinite_loss": 1.0}  # reported, the step is skipped
             self.manual_backward(loss)
-        if fill_sampler_logprobs and len(parts) > 1:  # on-policy: the parts' first forwards, in row order
-            batch.sampler_logprobs = torch.cat([part.sampler_logprobs for part in parts])
+        if fill_sampler_logprobs and chunks:  # on-policy: the parts' first forwards, back in row order
+            batch.sampler_logprobs = self._reassemble(batch, chunks, [part.sampler_logprobs for part in parts])
         metrics = summarise(history) | {"train/loss": sum(history["train/loss"]), "train/lr": optimizer.param_groups[0]["lr"]}
         if self.max_grad_norm:
             params = list(self.policy.parameters()) + list(self.extras.parameters())
@@ -153,6 +153,22 @@ class PostTrainingModule(L.LightningModule):
             self.lr_schedulers().step()  # manual optimisation: Lightning leaves the scheduler to us
         self.budget.optimizer_steps += 1
         return metrics
+
+    def _in_parts(self, logprobs_fn, rollout: Rollout) -> Tensor:
+        """A log-prob forward without gradient (B, T), made on as many parts as gradient accumulation
+        uses (whole groups of similar length, each trimmed of its padding) to bound its memory."""
+        if self.accumulate_grad_batches == 1:
+            return logprobs_fn(rollout)
+        chunks = rollout.groups_by_length(self.accumulate_grad_batches)
+        return self._reassemble(rollout, chunks, [logprobs_fn(rollout.select_groups(g).trimmed()) for g in chunks])
+
+    @staticmethod
+    def _reassemble(rollout: Rollout, chunks: list[Tensor], values: list[Tensor]) -> Tensor:
+        """Per-token values of trimmed parts (the groups `chunks`), back in the rollout's rows. (B, T)"""
+        whole = torch.zeros(rollout.response_mask.shape, dtype=values[0].dtype, device=values[0].device)
+        for groups, part in zip(chunks, values):
+            whole[rollout.rows_of(groups), : part.shape[1]] = part
+        return whole
 
     def _loss(self, batch: Rollout) -> tuple[Tensor, dict[str, float]]:
         """The surrogate of a (micro-)batch, plus the algorithm's auxiliary loss and the entropy bonus."""
@@ -207,5 +223,7 @@ class PostTrainingModule(L.LightningModule):
 
     def validation_step(self, rows: list[dict], batch_idx: int) -> None:
         """The task's evaluator: greedy val/reward and val/accuracy, or exact/ metrics."""
-        for key, value in self.evaluator(self.policy, rows).items():
+        metrics = self.evaluator(self.policy, rows)
+        for key, value in metrics.items():
             self.log(key, value, batch_size=len(rows), prog_bar=key in ("val/accuracy", "exact/kl_to_optimum"))
+        self.last_validation = (self.global_step, {key: float(value) for key, value in metrics.items()})

@@ -50,10 +50,35 @@ class Rollout:
 
     def select_groups(self, groups: Tensor) -> "Rollout":
         """The sub-rollout made of whole groups `groups` (G',)."""
-        k = self.group_size
-        rows = (groups.unsqueeze(1) * k + torch.arange(k, device=groups.device)).view(-1)
+        rows = self.rows_of(groups)
         text = {name: [getattr(self, name)[i] for i in rows.tolist()] for name in ("prompts", "completions") if getattr(self, name)}
         return replace(self, **self._map(lambda t: t[rows.to(t.device)]), **text, generated_groups=None)
+
+
+    def rows_of(self, groups: Tensor) -> Tensor:
+        """Row indices (G' * k,) of whole groups `groups` (G',), in order."""
+        return (groups.unsqueeze(1) * self.group_size + torch.arange(self.group_size, device=groups.device)).view(-1)
+
+    def trimmed(self) -> "Rollout":
+        """The same rows without the padding columns every row has: prompt columns on the left,
+        response columns on the right (a part of a batch pads only to its own longest row)."""
+        prompt_start = int((self.prompt_mask.sum(0) == 0).cumprod(0).sum())  # leading all-padding columns
+        length = int(self.response_mask.sum(-1).max()) if self.response_mask.numel() else 0
+        response_len = self.response_mask.shape[1]
+        cut = lambda t: t[:, :length] if t.dim() > 1 and t.shape[1] == response_len else t
+        trimmed = {name: {key: cut(value) for key, value in getattr(self, name).items()} for name in ("extras",)}
+        responses = {name: cut(getattr(self, name)) for name in RESPONSE_ALIGNED if getattr(self, name) is not None}
+        return replace(self, prompt_ids=self.prompt_ids[:, prompt_start:], prompt_mask=self.prompt_mask[:, prompt_start:],
+                       **responses, **trimmed)
+
+    def groups_by_length(self, parts: int) -> list[Tensor]:
+        """Group indices split into `parts` chunks of groups of similar longest-response length, so
+        that trimmed parts carry little padding."""
+        longest = self.response_mask.sum(-1).view(-1, self.group_size).max(1).values  # (G,)
+        return [chunk for chunk in longest.argsort(stable=True).chunk(parts) if len(chunk)]
+
+
+RESPONSE_ALIGNED = ("response_ids", "response_mask", "sampler_logprobs", "ref_logprobs", "step_rewards", "step_mask")
 
 
 def concat(parts: list[Rollout]) -> Rollout:

@@ -41,3 +41,12 @@ def write_failure(output_dir: str, cfg, choices: dict, error: BaseException) -> 
     """A failed run's summary: status, the error's first line, and what was asked for."""
     line = (str(error).strip().splitlines() or [""])[0]
     return write_summary(output_dir, cfg, choices, {"status": "failed", "error": f"{type(error).__name__}: {line}"})
+
+
+def headline(summary: dict) -> str:
+    """The one line a run ends with: its result against the reference, its cost, where it is."""
+    metric = "exact/kl_to_optimum" if "exact/kl_to_optimum" in summary else "val/accuracy"
+    value, before = summary.get(metric), summary.get(f"ref/{metric}")
+    result = f"{metric} {value:.4g} (reference {before:.4g})" if value is not None and before is not None else f"{metric} n/a"
+    return (f"{summary['algorithm']} on {summary['task']}, seed {summary['seed']}: {result} after {summary['steps']} steps, "
+            f"{summary['wall_seconds']:.0f} s; {summary['output_dir']}")
