@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 
 from schema import ConfigError
 from training.checks import build, check_config, check_overrides
-from training.summary import headline, write_config, write_failure, write_summary
+from training.summary import headline, logged_config, write_config, write_failure, write_summary
 
 os.environ.setdefault("WANDB_SILENT", "true")
 warnings.filterwarnings("ignore", message=".*(LeafSpec|does not have many workers|no `val_dataloader`|module\(s\) in eval mode"
@@ -41,9 +41,11 @@ def train(cfg: DictConfig) -> dict:
 
     output_dir = Path(hydra_cfg.runtime.output_dir)
     write_config(output_dir, cfg)  # first: exporting from a checkpoint of an unfinished run needs it
-    trainer = build_trainer(cfg)
+    trainer = build_trainer(cfg, sweep_dir=hydra_cfg.sweep.dir if hydra_cfg.mode == RunMode.MULTIRUN else None)
     task = build(cfg.task)
     module, warm = build_module(cfg, algorithm, task, model_name=f"model={choices.get('model')}")
+    for logger in trainer.loggers:  # after the model is built: a bad value fails before W&B starts
+        logger.log_hyperparams(logged_config(cfg, choices))
     L.seed_everything(cfg.seed, workers=True)
     train_loader = prompt_loader(task.train_dataset(), cfg.prompts_per_step, shuffle=True, seed=cfg.seed)
     val_loader = prompt_loader(task.val_dataset(), len(task.val_dataset()), shuffle=False)

@@ -6,8 +6,12 @@ the lowest to the highest seed).
     python -m sweeps.report multirun/algorithms
     python -m sweeps.report multirun/algorithms --plot val/accuracy --x budget/tokens_generated --at budget/tokens_generated=100000
     python -m sweeps.report multirun/exact_samplers --metrics exact/kl_to_optimum --pivot algorithm,sampler
+    python -m sweeps.report multirun/algorithms --compare algorithm=gvpo algorithm=rloo --iqm
 
 A configuration is a job's Hydra overrides without `seed`. Curves come from each job's CSV log.
+Intervals and tests come from scipy.stats and rliable (sweeps/stats.py); `--compare A B` pairs
+the runs of A and B by seed and prints the paired difference, its t and bootstrap intervals, and
+whether it is significant, or how many seeds would make it so.
 """
 import argparse
 import csv
@@ -15,29 +19,22 @@ import json
 import math
 import statistics
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import yaml
 
-# two-sided 95% Student t quantiles by degrees of freedom; 1.96 beyond
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
-       15: 2.131, 20: 2.086, 30: 2.042}
+from sweeps import stats
+
 DEFAULT_METRICS = ("val/accuracy", "val/reward", "exact/kl_to_optimum", "exact/reward", "budget/tokens_generated",
                    "wall_seconds")
-
-
-def t95(dof: int) -> float:
-    return next((T95[d] for d in sorted(T95) if d >= dof), 1.96)
+INTERVAL = "mean ± half-width of the Student t 95% interval over n seeds (scipy.stats)"
 
 
 def mean_ci(values: list[float]) -> tuple[float, float]:
-    """Mean and half-width of the 95% confidence interval (nan with one value)."""
-    mean = statistics.fmean(values)
-    if len(values) < 2:
-        return mean, float("nan")
-    return mean, t95(len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+    """Mean and half-width of the 95% Student t interval (nan with one value)."""
+    return stats.t_interval(values)
 
 
 def fmt(mean: float, half: float, count: int | None = None) -> str:
@@ -51,6 +48,11 @@ class Run:
     directory: Path
     summary: dict
     label: str  # the configuration: overrides without seed
+    overrides: list[str] = field(default_factory=list)  # every override but seed
+
+    @property
+    def seed(self):
+        return self.summary.get("seed")
 
     @property
     def failed(self) -> bool:
@@ -70,7 +72,8 @@ def load_runs(directory: Path, ignore: tuple[str, ...] = ("seed",)) -> list[Run]
             overrides = [f"{key}={summary[key]}" for key in ("algorithm", "sampler") if key in summary]
         found.append((path.parent, summary, [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in ignore]))
     shared = set.intersection(*(set(o) for _, _, o in found)) if len(found) > 1 else set()
-    return [Run(d, s, ",".join(o for o in overrides if o not in shared) or "(default)") for d, s, overrides in found]
+    return [Run(d, s, ",".join(o for o in overrides if o not in shared) or "(default)", overrides)
+            for d, s, overrides in found]
 
 
 def natural(value) -> tuple:
@@ -93,19 +96,24 @@ def by_label(runs: list[Run]) -> dict[str, list[Run]]:
     return dict(sorted(groups.items(), key=lambda item: label_key(item[0])))
 
 
-def table(runs: list[Run], metrics: list[str], at: tuple[str, float] | None = None, metric_at: str | None = None) -> str:
+def table(runs: list[Run], metrics: list[str], at: tuple[str, float] | None = None, metric_at: str | None = None,
+          iqm: bool = False) -> str:
     done = [run for run in runs if not run.failed]
     metrics = [m for m in metrics if any(run.summary.get(m) is not None for run in done)]
     extra = [f"{metric_at} at {at[0]}={at[1]:g}"] if at and metric_at else []
-    lines = ["| configuration | seeds | " + " | ".join(metrics + extra) + " |", "|---" * (len(metrics) + len(extra) + 2) + "|"]
+    extra += [f"IQM {metrics[0]} [bootstrap 95%]"] if iqm and metrics else []
+    lines = ["| configuration | n | " + " | ".join(metrics + extra) + " |", "|---" * (len(metrics) + len(extra) + 2) + "|"]
     for label, group in by_label(done).items():
         cells = []
         for metric in metrics:
             values = [run.summary[metric] for run in group if run.summary.get(metric) is not None]
             cells.append(fmt(*mean_ci(values)) if values else "")
-        if extra:
+        if at and metric_at:
             values = [v for v in (value_at(run, metric_at, *at) for run in group) if not math.isnan(v)]
             cells.append(fmt(*mean_ci(values), len(values)) if values else "beyond the runs")
+        if iqm and metrics:
+            values = [run.summary[metrics[0]] for run in group if run.summary.get(metrics[0]) is not None]
+            cells.append("{:.3g} [{:.3g}, {:.3g}]".format(*stats.iqm_interval(values)) if values else "")
         lines.append(f"| {label} | {len(group)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -250,6 +258,60 @@ def plot_final(runs: list[Run], metric: str, key: str, path: Path, logy: bool = 
     return save_figure(plt, figure, axes, f"{key} (final value, mean and 95% CI over seeds)", metric, path, logy)
 
 
+def parse_selector(text: str) -> dict[str, str]:
+    """"algorithm=gvpo,lr=1e-3" -> {"algorithm": "gvpo", "lr": "1e-3"}."""
+    parts = [part for part in text.split(",") if part]
+    if not parts or any("=" not in part for part in parts):
+        raise SystemExit(f"error: --compare {text!r}: write KEY=VALUE[,KEY=VALUE], e.g. algorithm=gvpo")
+    return dict(part.split("=", 1) for part in parts)
+
+
+def matches(run: Run, selector: dict[str, str]) -> bool:
+    given = dict(o.lstrip("+~").split("=", 1) for o in run.overrides if "=" in o)
+    for key, value in selector.items():
+        if key in given:
+            if given[key] != value:
+                return False
+        elif str(run.summary.get(key)) != value:
+            return False
+    return True
+
+
+def compare(runs: list[Run], metric: str, first: str, second: str) -> str:
+    """Paired comparison of two configurations on metric, one row per setting of the other swept
+    keys (runs are paired when they agree on those and on the seed)."""
+    a_sel, b_sel = parse_selector(first), parse_selector(second)
+    keys = set(a_sel) | set(b_sel)
+    rest = lambda run: ",".join(o for o in run.overrides if o.lstrip("+~").split("=", 1)[0] not in keys) or "(all)"
+    values = defaultdict(lambda: ({}, {}))
+    for run in runs:
+        if run.failed or run.summary.get(metric) is None:
+            continue
+        for side, selector in enumerate((a_sel, b_sel)):
+            if matches(run, selector):
+                values[rest(run)][side][run.seed] = float(run.summary[metric])
+    header = (f"Paired comparison on `{metric}`: A = `{first}`, B = `{second}`; A - B over the seeds both ran; "
+              "significant when the paired t interval and the bootstrap interval both exclude 0\n\n"
+              "| setting | n | A | B | A - B | paired t 95% | bootstrap 95% | p (paired t) | p (Welch) | P(A > B) | verdict | seeds needed |\n"
+              + "|---" * 12 + "|")
+    lines = [header]
+    for setting in sorted(values, key=label_key):
+        a, b = values[setting]
+        if len(set(a) & set(b)) < 2:
+            lines.append(f"| {setting} | {len(set(a) & set(b))} | | | | | | | | | fewer than 2 paired seeds | |")
+            continue
+        result = stats.paired(a, b)
+        needed = "" if result.significant else ("no difference" if result.mean == 0 else stats.seeds_needed(result.differences) or "> 1000")
+        digits = lambda x: f"{x:.3g}"
+        lines.append(f"| {setting} | {len(result.seeds)} | {digits(np.mean([a[s] for s in result.seeds]))} "
+                     f"| {digits(np.mean([b[s] for s in result.seeds]))} | {digits(result.mean)} "
+                     f"| [{digits(result.t_low)}, {digits(result.t_high)}] | [{digits(result.boot_low)}, {digits(result.boot_high)}] "
+                     f"| {result.p_paired:.3g} | {result.p_welch:.3g} | {result.improvement:.2f} | {result.verdict} | {needed} |")
+    if len(lines) == 1:
+        lines.append(f"| no run matches both `{first}` and `{second}` | | | | | | | | | | | |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("directory", type=Path)
@@ -260,6 +322,9 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--vs", default="", help="comma-separated swept keys (e.g. lr): --plot's final value against each")
     parser.add_argument("--at", help="KEY=VALUE: also tabulate --plot's metric at this budget, e.g. budget/tokens_generated=1e5")
     parser.add_argument("--logy", action="store_true", help="log-scale y axis")
+    parser.add_argument("--compare", nargs=2, action="append", default=[], metavar=("A", "B"),
+                        help="paired comparison of two configurations on the first metric, e.g. algorithm=gvpo algorithm=rloo (repeatable)")
+    parser.add_argument("--iqm", action="store_true", help="add the interquartile mean of the first metric with a bootstrap interval (rliable)")
     parser.add_argument("--out", type=Path, help="markdown file (default <directory>/report.md)")
     args = parser.parse_args(argv)
     runs = load_runs(args.directory)
@@ -267,9 +332,11 @@ def main(argv: list[str] | None = None) -> str:
     at = (args.at.split("=")[0], float(args.at.split("=")[1])) if args.at else None
     if args.pivot:
         rows, columns = args.pivot.split(",")
-        body = f"{metrics[0]}, mean ± 95% CI over seeds\n\n" + pivot(runs, metrics[0], rows, columns)
+        body = f"{metrics[0]}, {INTERVAL}\n\n" + pivot(runs, metrics[0], rows, columns)
     else:
-        body = "Mean ± 95% CI over seeds\n\n" + table(runs, metrics, at, args.plot or None)
+        body = f"Each cell: {INTERVAL}\n\n" + table(runs, metrics, at, args.plot or None, args.iqm)
+    for first, second in args.compare:
+        body += "\n\n" + compare(runs, metrics[0], first, second)
     name = lambda x: args.directory / f"{args.plot.replace('/', '_')}_vs_{x.replace('/', '_')}.png"
     images = [plot(runs, args.plot, x, name(x), args.logy) for x in args.x.split(",") if x] if args.plot else []
     images += [plot_final(runs, args.plot, key, name(f"final_{key}"), args.logy) for key in args.vs.split(",") if key and args.plot]

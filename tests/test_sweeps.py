@@ -84,3 +84,26 @@ def test_every_shipped_sweep_composes_with_a_wandb_group_and_tags(experiment, tm
     assert cfg.sweep == experiment and cfg.hydra.sweep.dir == f"multirun/{experiment}"
     assert cfg.logger.wandb.group == experiment
     assert f"seed={cfg.seed}" in cfg.logger.wandb.tags and any(t.startswith("algorithm=") for t in cfg.logger.wandb.tags)
+
+
+def test_a_multirun_without_a_sweep_name_is_grouped_by_its_sweep_directory(tmp_path):
+    from training.assemble import build_trainer
+
+    cfg = compose_config(["logger=wandb", "trainer.enable_progress_bar=false"], tmp_path)
+    assert cfg.sweep is None
+    grouped = build_trainer(cfg, sweep_dir="multirun/2026-11-24/10-00-00")
+    wandb_logger = next(logger for logger in grouped.loggers if type(logger).__name__ == "WandbLogger")
+    assert wandb_logger._wandb_init["group"] == "multirun/2026-11-24/10-00-00"
+    named = compose_config(["experiment=off_policy", "logger=wandb"], tmp_path)
+    wandb_logger = next(logger for logger in build_trainer(named, sweep_dir="multirun/x").loggers
+                        if type(logger).__name__ == "WandbLogger")
+    assert wandb_logger._wandb_init["group"] == "off_policy"  # a named sweep keeps its name
+
+
+def test_off_policy_regimes_set_the_sampler_and_the_update_epochs(tmp_path):
+    expected = {"replay": ("training.samplers.Replay", 1), "stale": ("training.samplers.Stale", 1),
+                "epochs2": ("training.samplers.OnPolicy", 2), "epochs4": ("training.samplers.OnPolicy", 4)}
+    assert set(group_options("regime")) == set(expected)
+    for regime, (sampler, epochs) in expected.items():
+        cfg = compose_config(["experiment=off_policy", f"+regime={regime}", "algorithm=rloo"], tmp_path)
+        assert (cfg.sampler._target_, cfg.module.update_epochs, cfg.algorithm._target_) == (sampler, epochs, "algorithms.grpo.GRPO")

@@ -14,10 +14,14 @@ from training.checks import build
 from training.warmstart import warm_start
 
 
-def build_trainer(cfg):
+def build_trainer(cfg, sweep_dir: str | None = None):
     """The Lightning Trainer; it checks its own arguments here, before any model is built.
-    Gradient accumulation is the module's (manual optimisation), so the Trainer is given 1."""
-    loggers = [instantiate(spec) for spec in (cfg.get("logger") or {}).values()]
+    Gradient accumulation is the module's (manual optimisation), so the Trainer is given 1.
+    A job of a multirun that names no `sweep` joins the W&B group of its sweep directory."""
+    specs = dict(cfg.get("logger") or {})
+    if "wandb" in specs and specs["wandb"].get("group") is None and sweep_dir:
+        specs["wandb"] = OmegaConf.merge(specs["wandb"], {"group": str(sweep_dir)})
+    loggers = [instantiate(spec) for spec in specs.values()]
     callbacks = [instantiate(spec) for name, spec in cfg.callbacks.items()
                  if name != "checkpoint" or cfg.trainer.enable_checkpointing is not False]
     from lightning.fabric.utilities.exceptions import MisconfigurationException

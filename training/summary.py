@@ -17,6 +17,7 @@ def write_summary(output_dir: str, cfg, choices: dict, values: dict) -> dict:
         "seed": cfg.seed,
         "lr": cfg.lr,
         "group_size": cfg.group_size,
+        **({"regime": choices["regime"]} if choices.get("regime") else {}),  # sweeps/regime/, off-policy sweep
         **values,
     }
     summary = {key: (None if isinstance(value, float) and not math.isfinite(value) else value) for key, value in summary.items()}
@@ -25,6 +26,17 @@ def write_summary(output_dir: str, cfg, choices: dict, values: dict) -> dict:
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     write_config(out, cfg)
     return summary
+
+
+def logged_config(cfg, choices: dict) -> dict:
+    """The resolved config as the loggers' hyperparameters (the W&B run's config): every key of
+    config.yaml, and each config group's node carries the option chosen as `name`, so runs can be
+    filtered and grouped by `lr`, `beta`, `algorithm.name`, `model.name`, ... in the W&B UI."""
+    config = OmegaConf.to_container(cfg, resolve=True)
+    for group, choice in choices.items():
+        if isinstance(config.get(group), dict) and choice is not None:
+            config[group] = {"name": choice, **config[group]}
+    return config
 
 
 def write_config(output_dir: str | Path, cfg) -> None:
@@ -44,9 +56,17 @@ def write_failure(output_dir: str, cfg, choices: dict, error: BaseException) -> 
 
 
 def headline(summary: dict) -> str:
-    """The one line a run ends with: its result against the reference, its cost, where it is."""
-    metric = "exact/kl_to_optimum" if "exact/kl_to_optimum" in summary else "val/accuracy"
-    value, before = summary.get(metric), summary.get(f"ref/{metric}")
-    result = f"{metric} {value:.4g} (reference {before:.4g})" if value is not None and before is not None else f"{metric} n/a"
+    """The one line a run ends with: its result against the reference, its cost, where it is. The
+    result is the exact distance to pi* on the exact task; else the mean score of sampled held-out
+    answers (with its standard error) when the task samples them, and greedy accuracy."""
+    parts = []
+    metrics = ["exact/kl_to_optimum"] if "exact/kl_to_optimum" in summary else ["val/sampled_accuracy", "val/accuracy"]
+    for metric in metrics:
+        value, before = summary.get(metric), summary.get(f"ref/{metric}")
+        if value is None or before is None:
+            continue
+        error = summary.get(f"{metric}_se")
+        parts.append(f"{metric} {value:.4g}" + (f" ± {error:.2g}" if error is not None else "") + f" (reference {before:.4g})")
+    result = ", ".join(parts) or f"{metrics[-1]} n/a"
     return (f"{summary['algorithm']} on {summary['task']}, seed {summary['seed']}: {result} after {summary['steps']} steps, "
             f"{summary['wall_seconds']:.0f} s; {summary['output_dir']}")
