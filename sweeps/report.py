@@ -258,6 +258,37 @@ def plot_final(runs: list[Run], metric: str, key: str, path: Path, logy: bool = 
     return save_figure(plt, figure, axes, f"{key} (final value, mean and 95% CI over seeds)", metric, path, logy)
 
 
+def plot_bars(runs: list[Run], metric: str, key: str, path: Path) -> Path | None:
+    """The final metric for each value of a categorical summary key (e.g. regime), one bar per
+    configuration with that key left out: mean over seeds, 95% t interval, each seed a dot."""
+    cells = defaultdict(lambda: defaultdict(list))
+    for run in runs:
+        if not run.failed and run.summary.get(metric) is not None and run.summary.get(key) is not None:
+            rest = ",".join(part for part in run.label.split(",") if part.lstrip("+~").split("=", 1)[0] != key) or metric
+            cells[str(run.summary[key])][rest].append(run.summary[metric])
+    if not cells:
+        return None
+    groups = sorted(cells, key=natural)
+    labels = sorted({label for cell in cells.values() for label in cell}, key=label_key)
+    plt, figure, axes = new_figure()
+    width = 0.8 / len(labels)
+    colours = plt.cm.tab10.colors
+    for j, label in enumerate(labels):
+        xs = [i + (j - (len(labels) - 1) / 2) * width for i in range(len(groups))]
+        stats_ = [mean_ci(cells[g][label]) if cells[g][label] else (float("nan"), float("nan")) for g in groups]
+        halves = [0.0 if math.isnan(half) else half for _, half in stats_]
+        n = max(len(cells[g][label]) for g in groups)
+        axes.bar(xs, [mean for mean, _ in stats_], width, yerr=halves, capsize=2, color=colours[j % len(colours)],
+                 alpha=0.75, label=f"{label} (n={n})")
+        for x, g in zip(xs, groups):
+            axes.scatter([x] * len(cells[g][label]), cells[g][label], color="black", s=6, zorder=3)
+    before = [run.summary[f"ref/{metric}"] for run in runs if run.summary.get(f"ref/{metric}") is not None]
+    if before:
+        axes.axhline(statistics.fmean(before), color="grey", linestyle=":", label="before training")
+    axes.set_xticks(range(len(groups)), groups)
+    return save_figure(plt, figure, axes, f"{key} (mean and 95% t interval over seeds; dots: seeds)", metric, path, False)
+
+
 def parse_selector(text: str) -> dict[str, str]:
     """"algorithm=gvpo,lr=1e-3" -> {"algorithm": "gvpo", "lr": "1e-3"}."""
     parts = [part for part in text.split(",") if part]
@@ -282,7 +313,8 @@ def compare(runs: list[Run], metric: str, first: str, second: str) -> str:
     keys (runs are paired when they agree on those and on the seed)."""
     a_sel, b_sel = parse_selector(first), parse_selector(second)
     keys = set(a_sel) | set(b_sel)
-    rest = lambda run: ",".join(o for o in run.overrides if o.lstrip("+~").split("=", 1)[0] not in keys) or "(all)"
+    rest = lambda run: ",".join(part for part in run.label.split(",")  # the label: overrides that vary, seed aside
+                                if part.lstrip("+~").split("=", 1)[0] not in keys and part != "(default)") or "(all)"
     values = defaultdict(lambda: ({}, {}))
     for run in runs:
         if run.failed or run.summary.get(metric) is None:
@@ -320,6 +352,7 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--plot", default="val/accuracy", help="metric to plot against --x ('' for none)")
     parser.add_argument("--x", default="step,budget/tokens_generated", help="comma-separated x-axes ('' for none)")
     parser.add_argument("--vs", default="", help="comma-separated swept keys (e.g. lr): --plot's final value against each")
+    parser.add_argument("--bars", default="", help="comma-separated categorical keys (e.g. regime): --plot's final value, grouped bars")
     parser.add_argument("--at", help="KEY=VALUE: also tabulate --plot's metric at this budget, e.g. budget/tokens_generated=1e5")
     parser.add_argument("--logy", action="store_true", help="log-scale y axis")
     parser.add_argument("--compare", nargs=2, action="append", default=[], metavar=("A", "B"),
@@ -340,6 +373,7 @@ def main(argv: list[str] | None = None) -> str:
     name = lambda x: args.directory / f"{args.plot.replace('/', '_')}_vs_{x.replace('/', '_')}.png"
     images = [plot(runs, args.plot, x, name(x), args.logy) for x in args.x.split(",") if x] if args.plot else []
     images += [plot_final(runs, args.plot, key, name(f"final_{key}"), args.logy) for key in args.vs.split(",") if key and args.plot]
+    images += [plot_bars(runs, args.plot, key, name(f"final_by_{key}")) for key in args.bars.split(",") if key and args.plot]
     body += "".join(f"\n\n![{image.stem}]({image.name})" for image in images if image)
     body += ("\n\n" + failures(runs)) if failures(runs) else ""
     out = args.out or args.directory / "report.md"

@@ -132,3 +132,15 @@ def test_report_says_how_many_seeds_an_unresolved_difference_needs(tmp_path):
     write_runs(tmp_path, {"gvpo": [1.0, 2.0, 3.0], "rloo": [1.0, 1.0, 1.0]})  # differences 0, 1, 2
     row = comparison_row(main([str(tmp_path), "--metrics", "val/accuracy", "--plot", "", "--compare", "algorithm=gvpo", "algorithm=rloo"]))
     assert row[10] == "not significant" and row[11] == "7"
+
+
+def test_bars_of_a_categorical_key(tmp_path):
+    for i, (algorithm, regime, value) in enumerate([("gvpo", "replay", 0.2), ("rloo", "replay", 0.1), ("gvpo", "stale", 0.3)]):
+        job = tmp_path / str(i)
+        (job / ".hydra").mkdir(parents=True)
+        (job / ".hydra" / "overrides.yaml").write_text(f"- +regime={regime}\n- algorithm={algorithm}\n- seed=0\n")
+        (job / "summary.json").write_text(json.dumps({"algorithm": algorithm, "regime": regime, "seed": 0, "val/accuracy": value}))
+    text = main([str(tmp_path), "--metrics", "val/accuracy", "--plot", "val/accuracy", "--x", "", "--bars", "regime"])
+    assert "![val_accuracy_vs_final_by_regime](val_accuracy_vs_final_by_regime.png)" in text
+    image = matplotlib.image.imread(tmp_path / "val_accuracy_vs_final_by_regime.png")
+    assert image.ndim == 3 and image.shape[0] > 100
