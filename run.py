@@ -17,6 +17,8 @@ from omegaconf import DictConfig
 
 from schema import ConfigError
 from training.checks import build, check_config
+from training.interrupts import Interrupted, StopOnSignal
+from training.outputs import OutputDirectoryTaken, claim
 from training.prelaunch import check_command_line
 from training.summary import headline, logged_config, write_config, write_failure, write_summary
 
@@ -31,7 +33,23 @@ def train(cfg: DictConfig) -> dict:
     hydra_cfg = HydraConfig.get()
     choices = dict(hydra_cfg.runtime.choices)
     algorithm = check_config(cfg, choices)  # bad input fails here, in seconds
+    output_dir = Path(hydra_cfg.runtime.output_dir)
+    lock, completed = claim(output_dir, cfg)  # this directory is this run's, or refused
+    with lock:
+        if completed:
+            print(f"already completed in {output_dir}: not run again", flush=True)
+            return completed
+        write_config(output_dir, cfg)  # first: exporting from a checkpoint of an unfinished run needs it
+        with StopOnSignal(cfg.callbacks.checkpoint.dirpath if cfg.trainer.enable_checkpointing else None) as stop:
+            try:
+                return fit_and_summarise(cfg, choices, algorithm, output_dir, stop, start)
+            except Interrupted as interrupted:
+                write_summary(output_dir, cfg, choices, {"status": "interrupted", "error": str(interrupted),
+                                                         "wall_seconds": time.perf_counter() - start})
+                raise
 
+
+def fit_and_summarise(cfg, choices, algorithm, output_dir: Path, stop, start: float) -> dict:
     import lightning as L  # heavy imports after the checks
 
     logging.getLogger("lightning").handlers.clear()  # Lightning's info goes to run.log, not the console
@@ -40,9 +58,9 @@ def train(cfg: DictConfig) -> dict:
     from training.assemble import build_module, build_trainer
     from training.data import prompt_loader
 
-    output_dir = Path(hydra_cfg.runtime.output_dir)
-    write_config(output_dir, cfg)  # first: exporting from a checkpoint of an unfinished run needs it
-    trainer = build_trainer(cfg, sweep_dir=hydra_cfg.sweep.dir if hydra_cfg.mode == RunMode.MULTIRUN else None)
+    hydra_cfg = HydraConfig.get()
+    trainer = build_trainer(cfg, sweep_dir=hydra_cfg.sweep.dir if hydra_cfg.mode == RunMode.MULTIRUN else None,
+                            extra_callbacks=[stop])
     task = build(cfg.task)
     module, warm = build_module(cfg, algorithm, task, model_name=f"model={choices.get('model')}")
     for logger in trainer.loggers:  # after the model is built: a bad value fails before W&B starts
@@ -94,14 +112,21 @@ def finish_wandb() -> None:
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     """Returns the metric a sweeper optimises. A failed job leaves summary.json with its error line;
-    in a multirun the other jobs still run (Hydra raises after the last)."""
+    in a multirun the other jobs still run (Hydra raises after the last). An interrupted job (SIGTERM,
+    SIGINT) leaves `status: interrupted` and a checkpoint, and ends the process, sweep included, with
+    exit code 128 + the signal's number."""
     try:
         summary = train(cfg)
         print(headline(summary), flush=True)
         return summary["val/accuracy"]
+    except Interrupted as interrupted:  # summary.json says so; the exit code too, and a sweep stops
+        print(f"error: {interrupted}; summary and checkpoint in {HydraConfig.get().runtime.output_dir}",
+              file=sys.stderr, flush=True)
+        sys.exit(128 + interrupted.signum)
     except Exception as error:
         hydra_cfg = HydraConfig.get()
-        write_failure(hydra_cfg.runtime.output_dir, cfg, dict(hydra_cfg.runtime.choices), error)
+        if not isinstance(error, OutputDirectoryTaken):  # never write into another run's directory
+            write_failure(hydra_cfg.runtime.output_dir, cfg, dict(hydra_cfg.runtime.choices), error)
         if not isinstance(error, ConfigError):
             raise
         print(f"error: {error}", file=sys.stderr)

@@ -3,17 +3,19 @@
 transformers can read a GGUF file (with the `gguf` and `accelerate` packages), but the model it
 returns is flagged as quantised: it can be neither trained nor saved. So the file is read once,
 dequantised, rebuilt as a plain model from its config, and saved as a safetensors directory under
-<cache_dir>/models/<package>/<file stem>; later runs load that directory in about a second.
+<cache_dir>/models/<package>/<file stem> (storage.build_once: locked, sealed with its hashes);
+later runs verify and load that directory in a few seconds.
 The package is only located, never imported (its own imports need packages ptlab does not).
 """
 import importlib.util
-import json
-import os
-import shutil
 import time
+from functools import partial
 from pathlib import Path
 
 from schema import ConfigError
+from storage import build_once, is_sealed
+
+MANIFEST = "ptlab_converted.json"
 
 
 def locate(package: str, file: str, install: str) -> Path:
@@ -29,8 +31,8 @@ def converted_dir(package: str, file: str, cache_dir: str) -> Path:
     return Path(cache_dir).expanduser() / "models" / package / Path(file).stem
 
 
-def convert(source: Path, target: Path) -> None:
-    """Dequantise a GGUF file into a plain float32 Hugging Face directory at `target` (atomically)."""
+def convert(source: Path, directory: Path) -> dict:
+    """Dequantise a GGUF file into a plain float32 Hugging Face directory; returns its record."""
     for name in ("gguf", "accelerate"):
         if importlib.util.find_spec(name) is None:
             raise ConfigError(f"reading a GGUF model needs the package {name}: pip install gguf accelerate "
@@ -46,27 +48,9 @@ def convert(source: Path, target: Path) -> None:
     model = type(quantised)(config)
     model.load_state_dict(quantised.state_dict())
     model.generation_config = quantised.generation_config
-    partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
-    model.save_pretrained(partial)
-    tokenizer.save_pretrained(partial)
-    record = {"source": str(source), "source_bytes": source.stat().st_size, "seconds": time.perf_counter() - start,
-              "weights_bytes": (partial / "model.safetensors").stat().st_size}
-    (partial / "ptlab_converted.json").write_text(json.dumps(record, indent=2))
-    if is_converted(target):  # another run finished first: keep its copy
-        shutil.rmtree(partial)
-        return
-    shutil.rmtree(target, ignore_errors=True)
-    partial.rename(target)
-
-
-def is_converted(target: Path) -> bool:
-    """A conversion is complete when its record exists and the weights have the recorded size."""
-    try:
-        record = json.loads((target / "ptlab_converted.json").read_text())
-        return (target / "model.safetensors").stat().st_size == record["weights_bytes"]
-    except (OSError, ValueError, KeyError):
-        return False
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return {"source": str(source), "source_bytes": source.stat().st_size, "seconds": time.perf_counter() - start}
 
 
 def from_package(package: str, file: str, install: str, cache_dir: str):
@@ -75,8 +59,8 @@ def from_package(package: str, file: str, install: str, cache_dir: str):
 
     source = locate(package, file, install)
     target = converted_dir(package, file, cache_dir)
-    if not is_converted(target):
+    if not is_sealed(target, MANIFEST):
         print(f"converting {source.name} into a trainable model under {target} (once)", flush=True)
         target.parent.mkdir(parents=True, exist_ok=True)
-        convert(source, target)
+    build_once(target, partial(convert, source), MANIFEST, "the converted model")
     return from_pretrained(str(target))

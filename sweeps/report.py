@@ -56,7 +56,7 @@ class Run:
 
     @property
     def failed(self) -> bool:
-        return self.summary.get("status") == "failed"
+        return self.summary.get("status") in ("failed", "interrupted")
 
 
 def load_runs(directory: Path, ignore: tuple[str, ...] = ("seed",)) -> list[Run]:
@@ -64,7 +64,10 @@ def load_runs(directory: Path, ignore: tuple[str, ...] = ("seed",)) -> list[Run]
     the jobs, `seed` aside (Hydra's .hydra/overrides.yaml, else the summary's algorithm and sampler)."""
     found = []
     for path in sorted(directory.rglob("summary.json")):
-        summary = json.loads(path.read_text())
+        try:
+            summary = json.loads(path.read_text())
+        except (OSError, ValueError) as error:  # empty or cut short (a full disk, a kill): a failed job
+            summary = {"status": "failed", "error": f"unreadable summary.json: {type(error).__name__}"}
         overrides_file = path.parent / ".hydra" / "overrides.yaml"
         if overrides_file.exists():
             overrides = yaml.safe_load(overrides_file.read_text()) or []

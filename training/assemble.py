@@ -14,7 +14,7 @@ from training.checks import build
 from training.warmstart import warm_start
 
 
-def build_trainer(cfg, sweep_dir: str | None = None):
+def build_trainer(cfg, sweep_dir: str | None = None, extra_callbacks: list | None = None):
     """The Lightning Trainer; it checks its own arguments here, before any model is built.
     Gradient accumulation is the module's (manual optimisation), so the Trainer is given 1.
     A job of a multirun that names no `sweep` joins the W&B group of its sweep directory."""
@@ -23,7 +23,8 @@ def build_trainer(cfg, sweep_dir: str | None = None):
         specs["wandb"] = OmegaConf.merge(specs["wandb"], {"group": str(sweep_dir)})
     loggers = [instantiate(spec) for spec in specs.values()]
     callbacks = [instantiate(spec) for name, spec in cfg.callbacks.items()
-                 if name != "checkpoint" or cfg.trainer.enable_checkpointing is not False]
+                 if spec is not None and (name != "checkpoint" or cfg.trainer.enable_checkpointing is not False)]
+    callbacks += extra_callbacks or []
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     trainer = instantiate(cfg.trainer, _partial_=True)

@@ -10,13 +10,14 @@ data is the training set, as in offline RL.
 import hashlib
 import json
 import random
-import shutil
+from functools import partial
 from pathlib import Path
 
 import torch
 from datasets import Dataset, load_from_disk
 
 from schema import ConfigError
+from storage import build_once
 from training.rollout import Rollout, encode_prompts
 from training.samplers import Reference, Sampler, Uniform
 
@@ -56,11 +57,11 @@ class Offline(Sampler):
         key = json.dumps([weights_digest(policy), prompts, self.policy, self.group_size, self.num_groups, self.seed,
                           vars(self.generator) if self.generator else None], default=str)
         path = Path(self.cache_dir).expanduser() / "offline" / hashlib.sha256(key.encode()).hexdigest()[:16]
-        if not (path / "dataset_info.json").exists():
-            self._generate(task, reference, prompts, path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        build_once(path, partial(self._generate, task, reference, prompts), "ptlab_offline.json", "the offline data")
         self.data = load_from_disk(str(path))
 
-    def _generate(self, task, reference, prompts: list[str], path: Path) -> None:
+    def _generate(self, task, reference, prompts: list[str], directory: Path) -> dict:
         kind = Reference if self.policy == "reference" else Uniform
         source = kind(self.tokenizer, self.reward_fn, self.generator, self.group_size)
         source.setup(None, reference, task)
@@ -72,11 +73,8 @@ class Offline(Sampler):
             for start in range(0, len(wanted), self.batch_prompts):
                 rollout = source.sample(wanted[start : start + self.batch_prompts], None).to("cpu")
                 records += [self._record(rollout, g) for g in range(rollout.num_groups)]
-        partial = path.with_name(path.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        Dataset.from_list(records).save_to_disk(str(partial))
-        shutil.rmtree(path, ignore_errors=True)
-        partial.rename(path)
+        Dataset.from_list(records).save_to_disk(str(directory))
+        return {"policy": self.policy, "groups": len(records)}
 
     @staticmethod
     def _record(rollout: Rollout, group: int) -> dict:

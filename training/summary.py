@@ -5,6 +5,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from storage import write_atomically
+
 
 def write_summary(output_dir: str, cfg, choices: dict, values: dict) -> dict:
     summary = {
@@ -23,7 +25,7 @@ def write_summary(output_dir: str, cfg, choices: dict, values: dict) -> dict:
     summary = {key: (None if isinstance(value, float) and not math.isfinite(value) else value) for key, value in summary.items()}
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_atomically(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     write_config(out, cfg)
     return summary
 
@@ -46,7 +48,7 @@ def write_config(output_dir: str | Path, cfg) -> None:
     except Exception:  # a failed run's config may not resolve (e.g. a missing model.path)
         resolved = OmegaConf.to_yaml(cfg)
     Path(output_dir).mkdir(parents=True, exist_ok=True)
-    (Path(output_dir) / "config.yaml").write_text(resolved)
+    write_atomically(Path(output_dir) / "config.yaml", resolved)
 
 
 def write_failure(output_dir: str, cfg, choices: dict, error: BaseException) -> dict:

@@ -6,7 +6,6 @@ It reuses the training module itself: SFT is the algorithm, demonstrations are t
 """
 import hashlib
 import json
-import shutil
 import time
 from functools import partial
 from pathlib import Path
@@ -17,9 +16,12 @@ from omegaconf import OmegaConf
 
 from algorithms.sft import SFT
 from models.build import builder_config
+from storage import build_once
 from training.data import prompt_loader
 from training.module import PostTrainingModule
 from training.samplers import Demonstrations
+
+MANIFEST = "ptlab_warmstart.json"
 
 
 def cache_key(cfg) -> str:
@@ -33,10 +35,14 @@ def cache_key(cfg) -> str:
 
 def warm_start(cfg, task, model, tokenizer) -> Path:
     """Path of the warm-started policy for this config, training `model` (the model as built, left
-    as it is when the cache has it) into it first if it is not cached."""
+    as it is when the cache has it) into it first if no verified copy is cached (storage.build_once:
+    locked against a concurrent build, sealed with the files' hashes, rebuilt if corrupted)."""
     path = Path(cfg.warmstart.cache_dir).expanduser() / "warmstart" / cache_key(cfg)
-    if (path / "ptlab_warmstart.json").exists():
-        return path
+    return build_once(path, partial(train_warm_start, cfg, task, model, tokenizer), MANIFEST, "the warm start")
+
+
+def train_warm_start(cfg, task, model, tokenizer, directory: Path) -> dict:
+    """SFT on the task's solutions, saved to `directory`; returns what the manifest records."""
     start = time.perf_counter()
     settings = cfg.warmstart
     module = PostTrainingModule(
@@ -51,13 +57,7 @@ def warm_start(cfg, task, model, tokenizer) -> Path:
     with torch.random.fork_rng():
         torch.manual_seed(settings.seed)
         trainer.fit(module, prompt_loader(task.train_dataset(), settings.batch_size, shuffle=True, seed=settings.seed))
-    partial_path = path.with_name(path.name + ".partial")
-    shutil.rmtree(partial_path, ignore_errors=True)
-    model.save_pretrained(partial_path)
-    tokenizer.save_pretrained(partial_path)
-    record = {"config": OmegaConf.to_container(settings, resolve=True), "seconds": time.perf_counter() - start,
-              "final_nll": float(trainer.callback_metrics.get("algo/objective", float("nan")))}
-    (partial_path / "ptlab_warmstart.json").write_text(json.dumps(record, indent=2))
-    shutil.rmtree(path, ignore_errors=True)
-    partial_path.rename(path)
-    return path
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return {"config": OmegaConf.to_container(settings, resolve=True), "seconds": time.perf_counter() - start,
+            "final_nll": float(trainer.callback_metrics.get("algo/objective", float("nan")))}

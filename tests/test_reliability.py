@@ -1,0 +1,115 @@
+"""Nothing lost, nothing mixed: signals, output directories, unreadable summaries."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import run
+from storage import is_sealed
+from sweeps.report import load_runs
+from tests.conftest import compose_config
+from tests.test_run import ROOT, TINY
+from training.outputs import OutputDirectoryTaken, claim
+from training.summary import write_config
+
+
+def start(args, cwd, cache_dir):
+    env = dict(os.environ, PTLAB_CACHE_DIR=str(cache_dir), WANDB_MODE="offline")
+    return subprocess.Popen([sys.executable, str(ROOT / "run.py"), "logger=none", *TINY, *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_mid_run_ends_with_its_exit_code_a_checkpoint_and_status_interrupted(signum, tmp_path):
+    out = tmp_path / "run"
+    proc = start(["trainer.max_steps=500", "callbacks.progress.every_n_steps=1", f"hydra.run.dir={out}"],
+                 tmp_path, tmp_path / "cache")
+    for line in proc.stdout:  # a plain progress line per step: training has started
+        if line.startswith("step 3/"):
+            break
+    proc.send_signal(signum)
+    _, stderr = proc.communicate(timeout=120)
+    summary = json.loads((out / "summary.json").read_text())
+    assert proc.returncode == 128 + signum, stderr[-2000:]
+    assert summary["status"] == "interrupted" and signal.Signals(signum).name in summary["error"]
+    assert (out / "checkpoints" / "last.ckpt").exists()
+    assert stderr.strip().splitlines()[-1].startswith(f"error: stopped by {signal.Signals(signum).name}")
+    # and a report of its directory lists it as a failed job rather than a result
+    assert [run.failed for run in load_runs(tmp_path)] == [True]
+
+
+def test_two_runs_started_together_get_two_directories(tmp_path):
+    procs = [start(["trainer.max_steps=1"], tmp_path, tmp_path / "cache") for _ in range(2)]
+    for proc in procs:
+        assert proc.wait(timeout=300) == 0, proc.stderr.read()[-2000:]
+    summaries = sorted((tmp_path / "outputs").rglob("summary.json"))
+    assert len(summaries) == 2 and summaries[0].parent != summaries[1].parent
+    assert all(json.loads(path.read_text())["status"] == "completed" for path in summaries)
+
+
+def test_a_directory_is_locked_by_its_run_and_refused_to_another_config(tmp_path):
+    cfg = compose_config(["trainer.max_steps=1"], tmp_path)
+    lock, completed = claim(tmp_path, cfg)
+    assert completed is None
+    with pytest.raises(OutputDirectoryTaken, match="is in use by another running job"):
+        claim(tmp_path, cfg)
+    lock.close()
+    config = (tmp_path / "config.yaml")
+    write_config(tmp_path, cfg)
+    config.write_text(config.read_text().replace("lr: 0.0003", "lr: 0.1", 1))
+    with pytest.raises(OutputDirectoryTaken, match=r"holds a run of another config \(optimizer.lr: 0.1 -> 0.0003\)"):
+        claim(tmp_path, compose_config(["trainer.max_steps=1"], tmp_path))
+
+
+def test_a_rerun_in_the_same_directory_skips_a_completed_run_and_refuses_another_config(tmp_path):
+    out, cache = tmp_path / "run", tmp_path / "cache"
+    first = start(["trainer.max_steps=1", f"hydra.run.dir={out}"], tmp_path, cache)
+    assert first.wait(timeout=300) == 0
+    stamp = (out / "summary.json").stat().st_mtime_ns
+    again = start(["trainer.max_steps=1", f"hydra.run.dir={out}"], tmp_path, cache)
+    stdout, _ = again.communicate(timeout=120)
+    assert again.returncode == 0 and "already completed" in stdout
+    assert (out / "summary.json").stat().st_mtime_ns == stamp
+    other = start(["trainer.max_steps=2", f"hydra.run.dir={out}"], tmp_path, cache)
+    _, stderr = other.communicate(timeout=120)
+    assert other.returncode == 2 and "holds a run of another config (trainer.max_steps: 1 -> 2)" in stderr
+    assert (out / "summary.json").stat().st_mtime_ns == stamp  # its summary untouched
+
+
+def test_an_empty_summary_is_reported_as_a_failed_job(tmp_path):
+    for name, text in (("good", json.dumps({"status": "completed", "algorithm": "gvpo", "val/accuracy": 0.5})),
+                       ("empty", "")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.json").write_text(text)
+    runs = {run.directory.name: run for run in load_runs(tmp_path)}
+    assert not runs["good"].failed and runs["empty"].failed
+    assert "unreadable summary.json" in runs["empty"].summary["error"]
+
+
+def test_two_processes_building_one_warm_start_share_one_verified_copy(tmp_path):
+    """Both runs of test_two_runs_started_together's kind start on an empty cache: one builds, the
+    other waits for the lock and reuses it; no partial directory is left behind."""
+    procs = [start(["trainer.max_steps=1", f"hydra.run.dir={tmp_path / str(i)}"], tmp_path, tmp_path / "cache")
+             for i in range(2)]
+    assert [proc.wait(timeout=300) for proc in procs] == [0, 0]
+    warm = [json.loads((tmp_path / str(i) / "summary.json").read_text())["warmstart"] for i in range(2)]
+    entries = [path for path in (tmp_path / "cache" / "warmstart").iterdir() if path.is_dir()]
+    assert warm[0] == warm[1] and entries == [Path(warm[0])]
+    assert is_sealed(Path(warm[0]), "ptlab_warmstart.json")
+
+
+def test_a_truncated_warm_start_is_detected_and_rebuilt(tmp_path):
+    overrides = ["trainer.max_steps=1", "logger=none", f"cache_dir={tmp_path / 'cache'}", *TINY]
+    first = run.train(compose_config(overrides, tmp_path / "a"))
+    weights = Path(first["warmstart"]) / "model.safetensors"
+    intact = weights.read_bytes()
+    weights.write_bytes(intact[: len(intact) // 2])  # a copy cut short
+    with pytest.warns(UserWarning, match="incomplete or corrupted .* rebuilding it"):
+        second = run.train(compose_config(overrides, tmp_path / "b"))
+    assert weights.read_bytes() == intact  # rebuilt, bit for bit
+    assert second["ref/val/accuracy"] == first["ref/val/accuracy"]

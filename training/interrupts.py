@@ -1,0 +1,57 @@
+"""Signals end a run cleanly. SIGTERM (a timeout, a scheduler's preemption, `docker stop`) or SIGINT
+(Ctrl-C) during training lets the current optimiser step finish, writes checkpoints/last.ckpt and
+raises Interrupted; run.py then writes summary.json with `status: interrupted` and exits with
+128 + the signal's number, so neither a shell nor a sweep mistakes it for success. Outside
+training (warm start, validation, export), or at a second signal, it stops at once."""
+import signal
+from pathlib import Path
+
+import lightning as L
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class Interrupted(BaseException):
+    """A run stopped by a signal (a BaseException, like KeyboardInterrupt: no `except Exception` eats it)."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+
+
+class StopOnSignal(L.Callback):
+    """Install with `with StopOnSignal(...) as stop:` around a run and pass it to the Trainer."""
+
+    def __init__(self, checkpoint_dir: str | Path | None = None):
+        self.checkpoint = Path(checkpoint_dir) / "last.ckpt" if checkpoint_dir else None
+        self.received: int | None = None
+        self.training = False
+        self.previous = {}
+
+    def __enter__(self):
+        self.previous = {signum: signal.signal(signum, self.handle) for signum in SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+    def handle(self, signum: int, frame) -> None:
+        if self.training and self.received is None:
+            self.received = signum  # stop at the end of this optimiser step
+            return
+        raise Interrupted(signum)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.training = True
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.training = False
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.received is None:
+            return
+        self.training = False
+        if self.checkpoint is not None:
+            trainer.save_checkpoint(self.checkpoint)
+        raise Interrupted(self.received)

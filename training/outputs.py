@@ -1,0 +1,73 @@
+"""An output directory belongs to one run. A run locks it for its lifetime (two processes given the
+same directory: the second is refused); a rerun of the same config in it does not repeat a
+completed run, and starts an unfinished one again from its own files; a different config is
+refused, so no run ever appends to another's files."""
+import fcntl
+import json
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from schema import ConfigError
+
+RUN_FILES = ("summary.json", "samples.jsonl")  # what a run writes itself (loggers make their own versions)
+
+
+class OutputDirectoryTaken(ConfigError):
+    """The directory belongs to another run: nothing may be written to it, not even a failure."""
+
+
+def claim(output_dir: Path, cfg):
+    """Lock `output_dir` for this run. Returns (lock handle, summary of this config's completed run
+    there or None); close the handle when the run ends."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(output_dir / ".ptlab.lock", "w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise OutputDirectoryTaken(f"hydra.run.dir={output_dir} is in use by another running job; "
+                                   "give each run its own directory") from None
+    previous = output_dir / "config.yaml"
+    if previous.exists():
+        old, new = OmegaConf.to_container(OmegaConf.load(previous)), resolved(cfg)
+        changed = differences({k: v for k, v in old.items() if k != "hydra"}, {k: v for k, v in new.items() if k != "hydra"})
+        if changed:
+            handle.close()
+            raise OutputDirectoryTaken(f"hydra.run.dir={output_dir} holds a run of another config ({changed[0]}); "
+                                       "choose another directory or delete that one")
+        summary = read_summary(output_dir / "summary.json")
+        if summary and summary.get("status") == "completed":
+            return handle, summary
+    for name in RUN_FILES:
+        (output_dir / name).unlink(missing_ok=True)
+    return handle, None
+
+
+def resolved(cfg) -> dict:
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)
+    except Exception:  # noqa: BLE001 - as write_config: a config that does not resolve is kept as given
+        return OmegaConf.to_container(cfg)
+
+
+def differences(old, new, prefix: str = "") -> list[str]:
+    """`key: old -> new` for every leaf that differs between two nested dicts."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [line for key in sorted(set(old) | set(new), key=str)
+                for line in differences(old.get(key), new.get(key), f"{prefix}{key}.")]
+    return [] if old == new else [f"{prefix[:-1]}: {short(old)} -> {short(new)}"]
+
+
+def short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def read_summary(path: Path) -> dict | None:
+    """A summary.json, or None when it is missing, empty or not JSON (a run killed while writing)."""
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return summary if isinstance(summary, dict) else None
