@@ -15,7 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from schema import ConfigError
+from schema import ConfigError, RunStopped
 from training.checks import build, check_config
 from training.interrupts import Interrupted, StopOnSignal
 from training.outputs import OutputDirectoryTaken, claim
@@ -127,12 +127,12 @@ def main(cfg: DictConfig) -> float:
         hydra_cfg = HydraConfig.get()
         if not isinstance(error, OutputDirectoryTaken):  # never write into another run's directory
             write_failure(hydra_cfg.runtime.output_dir, cfg, dict(hydra_cfg.runtime.choices), error)
-        if not isinstance(error, ConfigError):
+        if not isinstance(error, (ConfigError, RunStopped)):
             raise
         print(f"error: {error}", file=sys.stderr)
         if hydra_cfg.mode == RunMode.MULTIRUN:
             raise
-        sys.exit(2)
+        sys.exit(2 if isinstance(error, ConfigError) else 1)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,11 @@ class ConfigError(ValueError):
     """A bad configuration value: the message names the key, the value given and what is allowed."""
 
 
+class RunStopped(Exception):
+    """A run that cannot go on (a reward function that fails, updates that stay non-finite): the
+    message, one line, says where; run.py prints it and exits with code 1."""
+
+
 @dataclass(frozen=True)
 class Rule:
     """What a key allows: a kind (integer, number, boolean, string, choice), optional bounds
@@ -96,6 +101,7 @@ RULES = {
     "group_size": COUNT,
     "prompts_per_step": COUNT,
     "sweep": Rule("string", nullable=True),
+    "reward_on_failure": number(nullable=True, meaning="null: stop the run; a number: the score of a failed response"),
     "export": one_of("merged", "adapter", "none"),
     "generation.max_new_tokens": COUNT,
     "generation.temperature": POSITIVE,
@@ -103,6 +109,7 @@ RULES = {
     "module.update_epochs": integer(1, meaning="passes over each rollout"),
     "module.minibatches": integer(1, meaning="optimiser steps per pass, at most prompts_per_step"),
     "module.max_grad_norm": number(0, low_open=True, nullable=True),
+    "module.max_nonfinite_steps": COUNT,
     "module.entropy_coef": number(),
     "module.norm_length": COUNT,
     "algorithm.clip_eps": number(0, low_open=True, nullable=True),

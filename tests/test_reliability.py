@@ -34,8 +34,8 @@ def test_a_signal_mid_run_ends_with_its_exit_code_a_checkpoint_and_status_interr
             break
     proc.send_signal(signum)
     _, stderr = proc.communicate(timeout=120)
-    summary = json.loads((out / "summary.json").read_text())
     assert proc.returncode == 128 + signum, stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "interrupted" and signal.Signals(signum).name in summary["error"]
     assert (out / "checkpoints" / "last.ckpt").exists()
     assert stderr.strip().splitlines()[-1].startswith(f"error: stopped by {signal.Signals(signum).name}")
@@ -113,3 +113,66 @@ def test_a_truncated_warm_start_is_detected_and_rebuilt(tmp_path):
         second = run.train(compose_config(overrides, tmp_path / "b"))
     assert weights.read_bytes() == intact  # rebuilt, bit for bit
     assert second["ref/val/accuracy"] == first["ref/val/accuracy"]
+
+
+def test_score_names_the_function_prompt_and_completion_or_scores_failures_by_option():
+    from rewards import RewardError, score
+
+    def half(completions, rows):
+        return [1.0 if c == "2" else (None if c == "x" else 0.5) for c in completions]
+
+    rows = [{"prompt": "1+1="}, {"prompt": "2+2="}, {"prompt": "3+3="}]
+    assert score(half, ["2", "4", "6"], rows) == ([1.0, 0.5, 0.5], {}, 0)
+    with pytest.raises(RewardError, match=r"^reward .*half returned None, not a finite number, on prompt '2\+2=', "
+                                          r"completion 'x'$"):
+        score(half, ["2", "x", "6"], rows)
+    assert score(half, ["2", "x", "6"], rows, on_failure=-1.0) == ([1.0, -1.0, 0.5], {}, 1)
+    with pytest.raises(RewardError, match="returned 1 scores for 3 completions"):
+        score(lambda c, r: [0.0], ["a", "b", "c"], rows)
+
+    def picky(completions, rows):
+        return [1 / (c != "0") for c in completions]
+    with pytest.raises(RewardError, match=r"raised ZeroDivisionError: division by zero on prompt '3\+3=', completion '0'"):
+        score(picky, ["1", "2", "0"], rows)
+
+
+def fault_run(tmp_path, *args):
+    env_path = str(ROOT / "tests" / "fixtures")
+    env = dict(os.environ, PTLAB_CACHE_DIR=str(tmp_path / "cache"), WANDB_MODE="offline", PYTHONPATH=env_path)
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, str(ROOT / "run.py"), "logger=csv", *TINY, "trainer.max_steps=6",
+                           f"hydra.run.dir={out}", "task.reward._target_=flaky_reward.Flaky", *args],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    summary = json.loads((out / "summary.json").read_text())
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    return proc, proc.stderr.strip().splitlines()[-1:], summary  # the last line (a warm start prints before)
+
+
+@pytest.mark.parametrize("algorithm", ["grpo", "gvpo"])
+@pytest.mark.parametrize("mode,message", [
+    ("raise", "raised ZeroDivisionError: division by zero on prompt '"),
+    ("returns_nan", "returned nan, not a finite number, on prompt '"),
+])
+def test_a_failing_reward_stops_the_run_in_one_line(algorithm, mode, message, tmp_path):
+    proc, lines, summary = fault_run(tmp_path, f"algorithm={algorithm}", f"task.reward.dataset={mode}")
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert lines[0].startswith("error: reward Flaky ") and message in lines[0] and "completion '" in lines[0]
+    assert summary["status"] == "failed" and "RewardError" in summary["error"]
+
+
+def test_failed_rewards_can_be_scored_and_counted_instead(tmp_path):
+    proc, _, summary = fault_run(tmp_path, "algorithm=grpo", "task.reward.dataset=returns_none", "reward_on_failure=0")
+    assert proc.returncode == 0 and summary["status"] == "completed" and summary["steps"] == 6, proc.stderr[-2000:]
+    metrics = (tmp_path / "run" / "csv").rglob("metrics.csv")
+    import csv
+    rows = list(csv.DictReader(next(metrics).open()))
+    failures = [float(row["train/reward_failures"]) for row in rows if row.get("train/reward_failures")]
+    assert len(failures) == 6 and failures[:2] == [0.0, 0.0] and all(value > 0 for value in failures[2:])
+
+
+@pytest.mark.parametrize("algorithm", ["grpo", "gvpo"])
+def test_updates_that_stay_non_finite_stop_the_run_naming_the_step_and_quantity(algorithm, tmp_path):
+    proc, lines, summary = fault_run(tmp_path, f"algorithm={algorithm}", "task.reward.dataset=huge")
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert lines[0].startswith("error: step 2: non-finite weights in 3 rollouts in a row, every update skipped")
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").exists() and summary["status"] == "failed"

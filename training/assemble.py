@@ -60,6 +60,7 @@ def build_module(cfg, algorithm, task, model_name: str = "this model"):
     policy, tokenizer, warm = build_policy(cfg, task, model_name)
     generator = instantiate(cfg.generation)
     sampler = build(cfg.sampler, _partial_=True)(tokenizer=tokenizer, reward_fn=task.reward, generator=generator)
+    sampler.on_reward_failure = cfg.reward_on_failure
     wants_reference = algorithm.needs_reference or sampler.needs_reference or cfg.module.kl_diagnostic
     reference = reference_for(policy) if wants_reference else None
     sampler.setup(policy, reference, task)
@@ -69,4 +70,6 @@ def build_module(cfg, algorithm, task, model_name: str = "this model"):
         optimizer=instantiate(cfg.optimizer), scheduler=instantiate(cfg.scheduler),
         evaluator=task.evaluator(policy, tokenizer, generator, cfg.beta),
         accumulate_grad_batches=cfg.trainer.accumulate_grad_batches)
+    if hasattr(module.evaluator, "on_reward_failure"):
+        module.evaluator.on_reward_failure = cfg.reward_on_failure
     return module, warm

@@ -24,6 +24,7 @@ class HeldOutEvaluation:
     def __init__(self, tokenizer, generator, reward_fn, samples: int = 0, seed: int = 0, batch_size: int = 256):
         self.tokenizer, self.generator, self.reward_fn = tokenizer, generator, reward_fn
         self.samples, self.seed, self.batch_size = samples, seed, batch_size
+        self.on_reward_failure = None  # as training's: run.py sets it from `reward_on_failure`
 
     def _answers(self, policy, rows: list[dict], greedy: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
         """Rewards (N,), reward terms and correctness (N,) of one answer per row."""
@@ -34,7 +35,7 @@ class HeldOutEvaluation:
             response_ids, response_mask = self.generator(policy, self.tokenizer, prompt_ids.to(device),
                                                          prompt_mask.to(device), greedy=greedy)
             completions += self.tokenizer.batch_decode(response_ids * response_mask, skip_special_tokens=True)
-        total, terms = score(self.reward_fn, completions, rows)
+        total, terms, _ = score(self.reward_fn, completions, rows, self.on_reward_failure)
         rewards, terms = torch.tensor(total), {name: torch.tensor(values) for name, values in terms.items()}
         return rewards, terms, next(iter(terms.values()), rewards) == 1
 

@@ -11,6 +11,7 @@ The loss of a minibatch is the weighted log-likelihood surrogate, plus the algor
 loss (PPO's critic), minus entropy_coef times the mean token entropy (an exact entropy of the
 next-token distributions, the one term that is not a weighted log-likelihood; default 0).
 """
+import math
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, replace
@@ -21,6 +22,7 @@ from torch import Tensor, nn
 
 from algorithms.base import aggregate, sequence_logprobs
 from models.lm import token_logprobs
+from schema import RunStopped
 from training.rollout import Rollout
 
 
@@ -66,7 +68,7 @@ class PostTrainingModule(L.LightningModule):
     def __init__(self, policy, tokenizer, algorithm, sampler, reference, optimizer, evaluator=None, scheduler=None,
                  update_epochs: int = 1, minibatches: int = 1, max_grad_norm: float | None = 1.0,
                  entropy_coef: float = 0.0, kl_diagnostic: bool = True, norm_length: int | None = None,
-                 critic=None, accumulate_grad_batches: int = 1):
+                 critic=None, accumulate_grad_batches: int = 1, max_nonfinite_steps: int = 3):
         super().__init__()
         self.automatic_optimization = False
         self.policy, self.reference = policy.train(), reference  # reference may be None (e.g. SFT)
@@ -78,6 +80,8 @@ class PostTrainingModule(L.LightningModule):
         self.entropy_coef, self.kl_diagnostic = entropy_coef, kl_diagnostic and reference is not None
         self.norm_length = norm_length  # constant length of the seq-mean-token-sum-norm aggregation
         self.budget = Budget()
+        self.max_nonfinite_steps, self.nonfinite_in_a_row = max_nonfinite_steps, 0  # rollouts whose every update was skipped
+        self.nonfinite: str | None = None  # what was not finite in the last skipped update
         self.last_rollout: Rollout | None = None
         self.last_validation: tuple[int, dict[str, float]] | None = None  # (step, metrics) of the latest validation
         self._start = None
@@ -112,12 +116,13 @@ class PostTrainingModule(L.LightningModule):
                 rollout.sampler_logprobs = self._in_parts(self.policy_logprobs, rollout)
         with torch.no_grad():
             self.algorithm.prepare(rollout)
-        history = defaultdict(list)
+        history, steps_before = defaultdict(list), self.budget.optimizer_steps
         for _ in range(self.update_epochs):
             for groups in torch.randperm(rollout.num_groups, device=self.device).chunk(self.minibatches):
                 for key, value in self._update(rollout.select_groups(groups) if not single_update else rollout).items():
                     history[key].append(value)
         self.last_rollout = rollout
+        self.stop_if_never_finite(made_a_step=self.budget.optimizer_steps > steps_before)
         self.budget.update_seconds += time.perf_counter() - clock
         self.budget.wall_seconds = time.perf_counter() - self._start
         self.log_dict(summarise(history) | self._rollout_metrics(rollout) | self.budget.metrics(), on_step=True,
@@ -138,21 +143,40 @@ class PostTrainingModule(L.LightningModule):
             loss, metrics = self._loss(part)
             for key, value in metrics.items():
                 history[key].append(value)
-            if not torch.isfinite(loss):
+            if self.nonfinite:
                 optimizer.zero_grad()
-                return summarise(history) | {"train/nonfinite_loss": 1.0}  # reported, the step is skipped
+                return summarise(history) | {"train/nonfinite": 1.0}  # reported, the step is skipped
             self.manual_backward(loss)
         if fill_sampler_logprobs and chunks:  # on-policy: the parts' first forwards, back in row order
             batch.sampler_logprobs = self._reassemble(batch, chunks, [part.sampler_logprobs for part in parts])
         metrics = summarise(history) | {"train/loss": sum(history["train/loss"]), "train/lr": optimizer.param_groups[0]["lr"]}
+        params = [p for p in list(self.policy.parameters()) + list(self.extras.parameters()) if p.grad is not None]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm or float("inf")).item()
+        if not math.isfinite(grad_norm):
+            self.nonfinite = "gradient norm"
+            optimizer.zero_grad()
+            return metrics | {"train/nonfinite": 1.0}
         if self.max_grad_norm:
-            params = list(self.policy.parameters()) + list(self.extras.parameters())
-            metrics["train/grad_norm"] = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm).item()
+            metrics["train/grad_norm"] = grad_norm
         optimizer.step()
         if self.lr_schedulers() is not None:
             self.lr_schedulers().step()  # manual optimisation: Lightning leaves the scheduler to us
         self.budget.optimizer_steps += 1
         return metrics
+
+    def stop_if_never_finite(self, made_a_step: bool) -> None:
+        """Skipped updates make no optimiser step, so trainer.max_steps would never be reached: after
+        max_nonfinite_steps rollouts in a row without one, save the last good state and stop."""
+        self.nonfinite_in_a_row = 0 if made_a_step else self.nonfinite_in_a_row + 1
+        if self.nonfinite_in_a_row < self.max_nonfinite_steps:
+            return
+        checkpoint = getattr(self.trainer.checkpoint_callback, "dirpath", None)
+        if checkpoint:
+            self.trainer.save_checkpoint(f"{checkpoint}/last.ckpt")
+        raise RunStopped(f"step {self.global_step}: non-finite {self.nonfinite or 'update'} in {self.nonfinite_in_a_row} "
+                         f"rollouts in a row, every update skipped (module.max_nonfinite_steps="
+                         f"{self.max_nonfinite_steps}); the last good state is "
+                         + (f"in {checkpoint}/last.ckpt" if checkpoint else "not saved (checkpointing is off)"))
 
     def _in_parts(self, logprobs_fn, rollout: Rollout) -> Tensor:
         """A log-prob forward without gradient (B, T), made on as many parts as gradient accumulation
@@ -176,6 +200,8 @@ class PostTrainingModule(L.LightningModule):
         if batch.sampler_logprobs is None:  # on-policy, single update: the current policy sampled
             batch.sampler_logprobs = logprobs.detach()
         weights, algo_metrics = self.algorithm.weights(logprobs.detach(), batch)
+        self.nonfinite = next((name for name, value in (("log-probs", logprobs), ("weights", weights))
+                               if not torch.isfinite(value.detach()[batch.response_mask.bool()]).all()), None)
         mask, agg = batch.response_mask, self.algorithm.loss_agg
         loss = weighted_log_likelihood_loss(logprobs, weights, mask, agg, batch.group_size, self.norm_length, batch.totals)
         aux = self.algorithm.aux_loss(batch)
@@ -184,6 +210,7 @@ class PostTrainingModule(L.LightningModule):
             algo_metrics |= aux[1]
         if self.entropy_coef:
             loss = loss - self.entropy_coef * aggregate(entropy, mask, agg, batch.group_size, self.norm_length, batch.totals)
+        self.nonfinite = self.nonfinite or (None if torch.isfinite(loss) else "loss")
         ratio = torch.exp(logprobs.detach() - batch.sampler_logprobs)[mask.bool()]
         metrics = {
             "train/loss": loss.item(),
@@ -203,6 +230,8 @@ class PostTrainingModule(L.LightningModule):
             "train/response_length": mask.sum(-1).float().mean().item(),
             "train/zero_spread_groups": (grouped.max(1).values == grouped.min(1).values).float().mean().item(),
         }
+        if self.sampler.on_reward_failure is not None:
+            metrics["train/reward_failures"] = float(self.sampler.reward_failures)
         if rollout.ref_logprobs is not None:
             # k1 estimate of KL(pi_sampler || pi_ref) per response, on the sampled responses
             log_ratio = sequence_logprobs(rollout.sampler_logprobs, mask) - sequence_logprobs(rollout.ref_logprobs, mask)

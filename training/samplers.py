@@ -27,6 +27,8 @@ class Sampler:
     def __init__(self, tokenizer, reward_fn, generator=None, group_size: int = 1):
         self.tokenizer, self.reward_fn, self.generator = tokenizer, reward_fn, generator
         self.group_size = group_size
+        self.on_reward_failure: float | None = None  # None: a failing reward function stops the run
+        self.reward_failures = 0  # responses scored on_reward_failure in the last batch
 
     def setup(self, policy, reference, task) -> None:
         """Called once before training, with the initial policy."""
@@ -37,7 +39,7 @@ class Sampler:
     def _score(self, rows: list[dict], completions: list[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Rewards (B,) and their named terms, rows[g] repeated for its group."""
         repeated = [row for row in rows for _ in range(self.group_size)]
-        total, terms = score(self.reward_fn, completions, repeated)
+        total, terms, self.reward_failures = score(self.reward_fn, completions, repeated, self.on_reward_failure)
         as_tensor = lambda values: torch.tensor(values, dtype=torch.float32)
         return as_tensor(total), {name: as_tensor(values) for name, values in terms.items()}
 
