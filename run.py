@@ -20,7 +20,7 @@ from training.checks import build, check_config
 from training.interrupts import Interrupted, StopOnSignal
 from training.outputs import OutputDirectoryTaken, claim
 from training.prelaunch import check_command_line
-from training.summary import headline, logged_config, write_config, write_failure, write_summary
+from training.summary import environment, headline, logged_config, write_config, write_failure, write_summary
 
 os.environ.setdefault("WANDB_SILENT", "true")
 warnings.filterwarnings("ignore", message=".*(LeafSpec|does not have many workers|no `val_dataloader`|module\(s\) in eval mode"
@@ -34,22 +34,26 @@ def train(cfg: DictConfig) -> dict:
     choices = dict(hydra_cfg.runtime.choices)
     algorithm = check_config(cfg, choices)  # bad input fails here, in seconds
     output_dir = Path(hydra_cfg.runtime.output_dir)
-    lock, completed = claim(output_dir, cfg)  # this directory is this run's, or refused
+    checkpoint_dir = Path(cfg.callbacks.checkpoint.dirpath)
+    lock, completed, unfinished = claim(output_dir, cfg, checkpoint_dir / "last.ckpt")  # this run's, or refused
     with lock:
         if completed:
             print(f"already completed in {output_dir}: not run again", flush=True)
             return completed
+        resume = cfg.resume or unfinished
+        if resume:
+            print(f"resuming from {resume}", flush=True)
         write_config(output_dir, cfg)  # first: exporting from a checkpoint of an unfinished run needs it
-        with StopOnSignal(cfg.callbacks.checkpoint.dirpath if cfg.trainer.enable_checkpointing else None) as stop:
+        with StopOnSignal(checkpoint_dir if cfg.trainer.enable_checkpointing else None) as stop:
             try:
-                return fit_and_summarise(cfg, choices, algorithm, output_dir, stop, start)
+                return fit_and_summarise(cfg, choices, algorithm, output_dir, stop, start, resume)
             except Interrupted as interrupted:
                 write_summary(output_dir, cfg, choices, {"status": "interrupted", "error": str(interrupted),
                                                          "wall_seconds": time.perf_counter() - start})
                 raise
 
 
-def fit_and_summarise(cfg, choices, algorithm, output_dir: Path, stop, start: float) -> dict:
+def fit_and_summarise(cfg, choices, algorithm, output_dir: Path, stop, start: float, resume=None) -> dict:
     import lightning as L  # heavy imports after the checks
 
     logging.getLogger("lightning").handlers.clear()  # Lightning's info goes to run.log, not the console
@@ -68,9 +72,10 @@ def fit_and_summarise(cfg, choices, algorithm, output_dir: Path, stop, start: fl
     L.seed_everything(cfg.seed, workers=True)
     train_loader = prompt_loader(task.train_dataset(), cfg.prompts_per_step, shuffle=True, seed=cfg.seed)
     val_loader = prompt_loader(task.val_dataset(), len(task.val_dataset()), shuffle=False)
+    module.prompt_order = train_loader.batch_sampler  # a resumed run goes on from the prompts it had reached
     try:
         before = trainer.validate(module, val_loader, verbose=False)[0]
-        trainer.fit(module, train_loader, val_loader)
+        trainer.fit(module, train_loader, val_loader, ckpt_path=resume, weights_only=True)
         step, after = module.last_validation
         if step != trainer.global_step:  # unless fit has just validated the final policy
             after = trainer.validate(module, val_loader, verbose=False)[0]
@@ -86,6 +91,7 @@ def fit_and_summarise(cfg, choices, algorithm, output_dir: Path, stop, start: fl
         "wall_seconds": time.perf_counter() - start,
         "warmstart": str(warm) if warm else None,
         "policy": str(exported) if exported else None,
+        "environment": environment(),
     }
     return write_summary(output_dir, cfg, choices, values)
 

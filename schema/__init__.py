@@ -101,6 +101,7 @@ RULES = {
     "group_size": COUNT,
     "prompts_per_step": COUNT,
     "sweep": Rule("string", nullable=True),
+    "resume": Rule("string", nullable=True, meaning="a checkpoint file, e.g. <output_dir>/checkpoints/last.ckpt"),
     "reward_on_failure": number(nullable=True, meaning="null: stop the run; a number: the score of a failed response"),
     "export": one_of("merged", "adapter", "none"),
     "generation.max_new_tokens": COUNT,

@@ -1,5 +1,6 @@
 """Nothing lost, nothing mixed: signals, output directories, unreadable summaries."""
 import json
+import random
 import os
 import signal
 import subprocess
@@ -54,16 +55,16 @@ def test_two_runs_started_together_get_two_directories(tmp_path):
 
 def test_a_directory_is_locked_by_its_run_and_refused_to_another_config(tmp_path):
     cfg = compose_config(["trainer.max_steps=1"], tmp_path)
-    lock, completed = claim(tmp_path, cfg)
-    assert completed is None
+    lock, completed, checkpoint = claim(tmp_path, cfg, tmp_path / "last.ckpt")
+    assert completed is None and checkpoint is None
     with pytest.raises(OutputDirectoryTaken, match="is in use by another running job"):
-        claim(tmp_path, cfg)
+        claim(tmp_path, cfg, tmp_path / "last.ckpt")
     lock.close()
     config = (tmp_path / "config.yaml")
     write_config(tmp_path, cfg)
     config.write_text(config.read_text().replace("lr: 0.0003", "lr: 0.1", 1))
     with pytest.raises(OutputDirectoryTaken, match=r"holds a run of another config \(optimizer.lr: 0.1 -> 0.0003\)"):
-        claim(tmp_path, compose_config(["trainer.max_steps=1"], tmp_path))
+        claim(tmp_path, compose_config(["trainer.max_steps=1"], tmp_path), tmp_path / "last.ckpt")
 
 
 def test_a_rerun_in_the_same_directory_skips_a_completed_run_and_refuses_another_config(tmp_path):
@@ -176,3 +177,51 @@ def test_updates_that_stay_non_finite_stop_the_run_naming_the_step_and_quantity(
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert lines[0].startswith("error: step 2: non-finite weights in 3 rollouts in a row, every update skipped")
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").exists() and summary["status"] == "failed"
+
+
+WALL_CLOCK = ("wall_seconds", "budget/wall_seconds", "budget/sampling_seconds", "budget/reference_seconds",
+              "budget/update_seconds", "output_dir", "policy")
+
+
+def comparable(summary: dict) -> dict:
+    return {key: value for key, value in summary.items() if key not in WALL_CLOCK}
+
+
+@pytest.mark.parametrize("settings", [["algorithm=gvpo"], ["algorithm=ppo"], ["algorithm=grpo", "sampler=replay"],
+                                      ["algorithm=rloo", "sampler=stale", "sampler.refresh_every=3"]])
+def test_kill_9_at_a_random_step_then_rerun_ends_as_the_uninterrupted_run(settings, tmp_path):
+    """SIGKILL leaves no chance to clean up: the rerun of the same command in the same directory
+    resumes from the last periodic checkpoint (every 2 steps here) and ends with the same summary."""
+    args = [*settings, "trainer.max_steps=16", "callbacks.progress.every_n_steps=1", "task.eval_samples=2",
+            "callbacks.samples.every_n_steps=3"]
+    whole = start([*args, f"hydra.run.dir={tmp_path / 'whole'}"], tmp_path, tmp_path / "cache")
+    assert whole.wait(timeout=300) == 0, whole.stderr.read()[-2000:]
+    killed_at = random.Random(" ".join(settings)).randint(5, 13)
+    cut = start([*args, f"hydra.run.dir={tmp_path / 'cut'}"], tmp_path, tmp_path / "cache")
+    for line in cut.stdout:
+        if line.startswith(f"step {killed_at}/"):
+            cut.kill()
+            break
+    assert cut.wait(timeout=60) == -signal.SIGKILL and not (tmp_path / "cut" / "summary.json").exists()
+    again = start([*args, f"hydra.run.dir={tmp_path / 'cut'}"], tmp_path, tmp_path / "cache")
+    stdout, stderr = again.communicate(timeout=300)
+    assert again.returncode == 0 and "resuming from" in stdout, stderr[-2000:]
+    expected = json.loads((tmp_path / "whole" / "summary.json").read_text())
+    resumed = json.loads((tmp_path / "cut" / "summary.json").read_text())
+    assert comparable(resumed) == comparable(expected)
+    # and the sample table holds each row once, as the uninterrupted run's
+    assert (tmp_path / "cut" / "samples.jsonl").read_text() == (tmp_path / "whole" / "samples.jsonl").read_text()
+
+
+EXACT = ["task=exact", "trainer.max_steps=20", "trainer.enable_progress_bar=false"]
+
+
+@pytest.mark.parametrize("settings", [[*TINY, "trainer.max_steps=3", f"algorithm={name}"] for name in
+                                      ("sft", "rs", "grpo", "dpo", "gvpo", "ppo", "rloo", "dr_grpo", "ipo")]
+                         + [[*EXACT, "algorithm=gvpo"], [*EXACT, "algorithm=grpo"], [*EXACT, "algorithm=ppo"]])
+def test_the_same_command_twice_gives_the_same_summary(settings, tmp_path):
+    overrides = ["logger=none", f"cache_dir={tmp_path / 'cache'}", *settings]
+    first = run.train(compose_config(overrides, tmp_path / "a"))
+    second = run.train(compose_config(overrides, tmp_path / "b"))
+    assert first["status"] == "completed" and comparable(first) == comparable(second)
+    assert {"torch", "transformers", "cpu", "threads"} <= set(first["environment"])

@@ -6,6 +6,8 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.loggers import WandbLogger
 
+from storage import write_atomically
+
 
 class SampleTable(L.Callback):
     """Every `every_n_steps` rollouts, log `num_samples` (prompt, completion, reward) rows as a W&B
@@ -14,6 +16,12 @@ class SampleTable(L.Callback):
     def __init__(self, every_n_steps: int = 50, num_samples: int = 16, output_dir: str | None = None):
         self.every_n_steps, self.num_samples = every_n_steps, num_samples
         self.path = Path(output_dir) / "samples.jsonl" if output_dir else None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        """A resumed run drops the rows after its checkpoint's step: it writes them again."""
+        if self.path and self.path.exists():
+            kept = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= trainer.global_step]
+            write_atomically(self.path, "".join(line + "\n" for line in kept))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         rollout = pl_module.last_rollout

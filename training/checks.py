@@ -110,6 +110,8 @@ def check_config(cfg, choices: dict, defaults=None) -> object:
     if cfg.module.minibatches > cfg.prompts_per_step:
         raise ConfigError(f"module.minibatches={cfg.module.minibatches} is not allowed with prompts_per_step="
                           f"{cfg.prompts_per_step}: each minibatch holds whole groups, so at most {cfg.prompts_per_step}")
+    if cfg.get("resume") and not Path(cfg.resume).expanduser().is_file():
+        raise ConfigError(f"resume={cfg.resume!r} is not a checkpoint file; e.g. <output_dir>/checkpoints/last.ckpt")
     if "path" in cfg.model:
         if not Path(str(cfg.model.path)).expanduser().is_dir():
             raise ConfigError(f"model.path={cfg.model.path!r} does not exist; it must be a local model directory")

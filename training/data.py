@@ -1,18 +1,52 @@
 """Prompt loaders: a datasets.Dataset of rows -> batches of row dicts (list[dict])."""
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 
 
 def as_rows(batch: list[dict]) -> list[dict]:
     return batch
 
 
+class PromptOrder(Sampler):
+    """Batches of row indices in the order `DataLoader(shuffle=True, drop_last=True)` gives with a
+    generator seeded `seed` (per epoch: the loader's base-seed draw, the permutation, and, once an
+    epoch is exhausted, the sampler's empty tail permutation), but resumable: `position` is the
+    number of batches already trained on, and a new iterator starts after them. A resumed run
+    therefore sees the same prompts in the same order as an uninterrupted one."""
+
+    def __init__(self, size: int, batch_size: int, seed: int):
+        self.size, self.batch_size, self.seed = size, batch_size, seed
+        self.position = 0
+
+    def __len__(self) -> int:
+        return self.size // self.batch_size
+
+    def permutation(self, epoch: int) -> list[int]:
+        generator = torch.Generator().manual_seed(self.seed)
+        for passed in range(epoch + 1):
+            torch.empty((), dtype=torch.int64).random_(generator=generator)
+            order = torch.randperm(self.size, generator=generator)
+            if passed < epoch:
+                torch.randperm(self.size, generator=generator)
+        return order.tolist()
+
+    def __iter__(self):
+        epoch, offset = divmod(self.position, len(self))
+        order = self.permutation(epoch)
+        for batch in range(offset, len(self)):
+            self.position = epoch * len(self) + batch + 1
+            yield order[batch * self.batch_size : (batch + 1) * self.batch_size]
+
+
 def prompt_loader(dataset, batch_size: int, shuffle: bool, seed: int = 0) -> DataLoader:
-    """Training loaders shuffle with their own seeded generator and drop the last partial batch.
+    """Training loaders shuffle (PromptOrder) and drop the last partial batch.
 
     Every loader has its own generator, even one that does not shuffle: a DataLoader draws a seed
     for each new iterator from its generator, or from the global RNG if it has none, and a validation
     would then shift every later sample, so results would depend on how often one validates."""
     generator = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=min(batch_size, len(dataset)), shuffle=shuffle, drop_last=shuffle,
-                      collate_fn=as_rows, generator=generator)
+    batch_size = min(batch_size, len(dataset))
+    if shuffle:
+        return DataLoader(dataset, batch_sampler=PromptOrder(len(dataset), batch_size, seed), collate_fn=as_rows,
+                          generator=generator)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=as_rows, generator=generator)

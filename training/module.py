@@ -12,11 +12,13 @@ loss (PPO's critic), minus entropy_coef times the mean token entropy (an exact e
 next-token distributions, the one term that is not a weighted log-likelihood; default 0).
 """
 import math
+import random
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, replace
 
 import lightning as L
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -64,6 +66,20 @@ class Budget:
         return {f"budget/{key}": float(value) for key, value in asdict(self).items()}
 
 
+def rng_states() -> dict:
+    """torch's, numpy's and Python's global RNG states, as tensors, numbers and tuples (weights_only-safe)."""
+    name, keys, position, has_gauss, gauss = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": (name, torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss), float(gauss))}
+
+
+def set_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    random.setstate(states["python"])
+    name, keys, position, has_gauss, gauss = states["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
+
+
 class PostTrainingModule(L.LightningModule):
     def __init__(self, policy, tokenizer, algorithm, sampler, reference, optimizer, evaluator=None, scheduler=None,
                  update_epochs: int = 1, minibatches: int = 1, max_grad_norm: float | None = 1.0,
@@ -85,6 +101,8 @@ class PostTrainingModule(L.LightningModule):
         self.last_rollout: Rollout | None = None
         self.last_validation: tuple[int, dict[str, float]] | None = None  # (step, metrics) of the latest validation
         self._start = None
+        self.rollouts_done = 0  # training batches consumed, for a resumed run's prompt order
+        self.prompt_order = None  # the train loader's PromptOrder, told where to resume
 
     def configure_optimizers(self):
         params = [p for p in list(self.policy.parameters()) + list(self.extras.parameters()) if p.requires_grad]
@@ -102,6 +120,7 @@ class PostTrainingModule(L.LightningModule):
 
     def training_step(self, rows: list[dict], batch_idx: int) -> None:
         clock = time.perf_counter()
+        self.rollouts_done += 1
         rollout = self.sampler.sample(rows, self.policy).to(self.device)
         self.budget.add(rollout)
         self.budget.sampling_seconds += time.perf_counter() - clock
@@ -240,15 +259,29 @@ class PostTrainingModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Checkpoints hold what training changes: trainable weights (all of them, or LoRA's adapters),
-        buffers and the critic, not the frozen reference nor frozen base weights."""
+        buffers and the critic, not the frozen reference nor frozen base weights; and (Lightning
+        keeps the optimiser, scheduler and step) what a resumed run needs to go on exactly as an
+        uninterrupted one: the RNG states, the sampler's state, the budget, the prompts consumed."""
         frozen = {name for name, value in self.state_dict(keep_vars=True).items()  # tied weights under every name
                   if isinstance(value, nn.Parameter) and not value.requires_grad}
         frozen |= {name for name in checkpoint["state_dict"] if name.startswith("reference.")}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in frozen}
+        checkpoint["ptlab"] = {"rollouts": self.rollouts_done, "budget": asdict(self.budget), "rng": rng_states(),
+                               "last_validation": self.last_validation, "sampler": self.sampler.state_dict(),
+                               "nonfinite_in_a_row": self.nonfinite_in_a_row}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """The frozen weights a checkpoint leaves out are those this module was built with."""
         checkpoint["state_dict"] = self.state_dict() | checkpoint["state_dict"]
+        state = checkpoint.get("ptlab")
+        if state is None:  # a checkpoint of weights only (e.g. from before resumable runs)
+            return
+        self.rollouts_done, self.budget = state["rollouts"], Budget(**state["budget"])
+        self.last_validation, self.nonfinite_in_a_row = state["last_validation"], state["nonfinite_in_a_row"]
+        self.sampler.load_state_dict(state["sampler"])
+        set_rng_states(state["rng"])
+        if self.prompt_order is not None:
+            self.prompt_order.position = self.rollouts_done
 
     def validation_step(self, rows: list[dict], batch_idx: int) -> None:
         """The task's evaluator: greedy val/reward and val/accuracy, or exact/ metrics."""

@@ -1,7 +1,7 @@
 """An output directory belongs to one run. A run locks it for its lifetime (two processes given the
 same directory: the second is refused); a rerun of the same config in it does not repeat a
-completed run, and starts an unfinished one again from its own files; a different config is
-refused, so no run ever appends to another's files."""
+completed run, resumes an unfinished one from its last checkpoint (or starts it again if it has
+none); a different config is refused, so no run ever appends to another's files."""
 import fcntl
 import json
 from pathlib import Path
@@ -17,9 +17,13 @@ class OutputDirectoryTaken(ConfigError):
     """The directory belongs to another run: nothing may be written to it, not even a failure."""
 
 
-def claim(output_dir: Path, cfg):
+NOT_COMPARED = ("hydra", "resume")  # keys a rerun of the same run may change
+
+
+def claim(output_dir: Path, cfg, checkpoint: Path):
     """Lock `output_dir` for this run. Returns (lock handle, summary of this config's completed run
-    there or None); close the handle when the run ends."""
+    there or None, `checkpoint` if an unfinished run of this config left it, else None); close the
+    handle when the run ends."""
     output_dir.mkdir(parents=True, exist_ok=True)
     handle = open(output_dir / ".ptlab.lock", "w")
     try:
@@ -31,17 +35,21 @@ def claim(output_dir: Path, cfg):
     previous = output_dir / "config.yaml"
     if previous.exists():
         old, new = OmegaConf.to_container(OmegaConf.load(previous)), resolved(cfg)
-        changed = differences({k: v for k, v in old.items() if k != "hydra"}, {k: v for k, v in new.items() if k != "hydra"})
+        changed = differences({k: v for k, v in old.items() if k not in NOT_COMPARED},
+                              {k: v for k, v in new.items() if k not in NOT_COMPARED})
         if changed:
             handle.close()
             raise OutputDirectoryTaken(f"hydra.run.dir={output_dir} holds a run of another config ({changed[0]}); "
                                        "choose another directory or delete that one")
         summary = read_summary(output_dir / "summary.json")
         if summary and summary.get("status") == "completed":
-            return handle, summary
+            return handle, summary, None
+        if checkpoint.is_file():
+            (output_dir / "summary.json").unlink(missing_ok=True)
+            return handle, None, checkpoint
     for name in RUN_FILES:
         (output_dir / name).unlink(missing_ok=True)
-    return handle, None
+    return handle, None, None
 
 
 def resolved(cfg) -> dict:

@@ -9,6 +9,7 @@ ones, where the module fills them from its first forward (the policy has not mov
 import copy
 import math
 import random
+from dataclasses import fields
 
 import torch
 
@@ -32,6 +33,15 @@ class Sampler:
 
     def setup(self, policy, reference, task) -> None:
         """Called once before training, with the initial policy."""
+
+    def state_dict(self) -> dict:
+        """What a checkpoint keeps so a resumed run samples as an uninterrupted one would: the draw
+        order of a sampler that has its own `rng`; samplers with more state add theirs."""
+        return {"rng": self.rng.getstate()} if hasattr(self, "rng") else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "rng" in state:
+            self.rng.setstate(state["rng"])
 
     def sample(self, rows: list[dict], policy) -> Rollout:
         raise NotImplementedError
@@ -120,6 +130,13 @@ class Stale(OnPolicy):
     def setup(self, policy, reference, task) -> None:
         self.model = copy.deepcopy(policy).requires_grad_(False)
 
+    def state_dict(self) -> dict:
+        return {"calls": self.calls, "snapshot": self.model.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.calls = state["calls"]
+        self.model.load_state_dict(state["snapshot"])
+
     def sample(self, rows: list[dict], policy) -> Rollout:
         if self.calls % self.refresh_every == 0:
             self.model.load_state_dict(policy.state_dict())
@@ -143,6 +160,15 @@ class Replay(OnPolicy):
         self.replay_ratio, self.capacity = replay_ratio, capacity
         self.buffer: list[Rollout] = []
         self.rng = random.Random(seed)
+
+    def state_dict(self) -> dict:
+        """The buffer's groups as plain fields (tensors, lists, numbers): a checkpoint loads with weights_only."""
+        return super().state_dict() | {"buffer": [{f.name: getattr(group, f.name) for f in fields(group)}
+                                                  for group in self.buffer]}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.buffer = [Rollout(**group) for group in state["buffer"]]
 
     def sample(self, rows: list[dict], policy) -> Rollout:
         num_replayed = round(len(rows) * self.replay_ratio) if len(self.buffer) >= len(rows) else 0

@@ -30,6 +30,24 @@ def write_summary(output_dir: str, cfg, choices: dict, values: dict) -> dict:
     return summary
 
 
+def environment() -> dict:
+    """What a run's numbers depend on besides its config: library versions, the CPU, the threads.
+    The same config gives the same summary only on the same kind of processor with the same
+    thread count (floating-point sums are ordered by the kernels each picks), and not on GPUs
+    with non-deterministic kernels."""
+    import platform
+
+    import lightning
+    import torch
+    import transformers
+
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "lightning": lightning.__version__, "cpu": cpu, "threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+
+
 def logged_config(cfg, choices: dict) -> dict:
     """The resolved config as the loggers' hyperparameters (the W&B run's config): every key of
     config.yaml, and each config group's node carries the option chosen as `name`, so runs can be
