@@ -17,7 +17,6 @@ from omegaconf import DictConfig
 
 from schema import ConfigError, RunStopped
 from training.checks import build, check_config
-from training.interrupts import Interrupted, StopOnSignal
 from training.outputs import OutputDirectoryTaken, claim
 from training.prelaunch import check_command_line
 from training.summary import environment, headline, logged_config, write_config, write_failure, write_summary
@@ -33,6 +32,8 @@ def train(cfg: DictConfig) -> dict:
     hydra_cfg = HydraConfig.get()
     choices = dict(hydra_cfg.runtime.choices)
     algorithm = check_config(cfg, choices)  # bad input fails here, in seconds
+    from training.interrupts import Interrupted, StopOnSignal  # imports Lightning: after the checks
+
     output_dir = Path(hydra_cfg.runtime.output_dir)
     checkpoint_dir = Path(cfg.callbacks.checkpoint.dirpath)
     lock, completed, unfinished = claim(output_dir, cfg, checkpoint_dir / "last.ckpt")  # this run's, or refused
@@ -121,6 +122,8 @@ def main(cfg: DictConfig) -> float:
     in a multirun the other jobs still run (Hydra raises after the last). An interrupted job (SIGTERM,
     SIGINT) leaves `status: interrupted` and a checkpoint, and ends the process, sweep included, with
     exit code 128 + the signal's number."""
+    from training.interrupts import Interrupted
+
     try:
         summary = train(cfg)
         print(headline(summary), flush=True)

@@ -27,7 +27,7 @@ def score(reward_fn, completions: list[str], rows: list[dict], on_failure: float
     except RewardError:
         if on_failure is None or len(completions) == 1:
             raise
-    totals, terms, failures = [], {}, 0  # one response at a time: score the failures as on_failure
+    on_failure, totals, terms, failures = float(on_failure), [], {}, 0  # one response at a time: failures score on_failure
     for i, (completion, row) in enumerate(zip(completions, rows)):
         try:
             total, parts = checked(reward_fn, [completion], [row])

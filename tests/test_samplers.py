@@ -92,7 +92,7 @@ def test_offline_groups_are_generated_once_saved_and_reloaded(tokenizer, exact, 
     reference = FrozenReference(model)
     first = make(Offline, tokenizer, task, num_groups=6, cache_dir=str(tmp_path))
     first.setup(model, reference, task)
-    (path,) = (tmp_path / "offline").iterdir()
+    (path,) = [entry for entry in (tmp_path / "offline").iterdir() if entry.is_dir()]  # beside it, its build lock
     stamp = (path / "dataset_info.json").stat().st_mtime_ns
     second = make(Offline, tokenizer, task, num_groups=6, cache_dir=str(tmp_path))
     second.setup(model, reference, task)
@@ -105,7 +105,7 @@ def test_offline_groups_are_generated_once_saved_and_reloaded(tokenizer, exact, 
                                                                  [task.rows[int(p[1])] for p in rollout.prompts]))
     other = make(Offline, tokenizer, task, num_groups=7, cache_dir=str(tmp_path))
     other.setup(model, reference, task)
-    assert len(list((tmp_path / "offline").iterdir())) == 2
+    assert len([entry for entry in (tmp_path / "offline").iterdir() if entry.is_dir()]) == 2
 
 
 def test_uniform_sampler_is_uniform_over_all_responses(tokenizer, exact):

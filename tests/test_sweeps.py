@@ -3,6 +3,7 @@ PNG plots, a failing job that leaves the others intact, the Optuna example, W&B 
 import json
 import math
 import statistics
+from pathlib import Path
 
 import matplotlib.image
 import pytest
@@ -54,17 +55,20 @@ def test_value_at_equal_budget(sweep):
     assert "beyond the runs" in [line for line in text.splitlines() if line.startswith("| algorithm=sft")][0]
 
 
-def test_a_failing_job_leaves_the_other_jobs_and_the_report_intact(tmp_path):
+def test_a_failing_job_leaves_the_other_jobs_and_the_report_intact(tmp_path, monkeypatch):
+    """The first job's reward function raises mid-run (a bad value would be refused before any job)."""
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent / "fixtures"))
     runs = tmp_path / "runs"
-    proc, _ = cli("-m", "algorithm=gvpo", "beta=0.1,-1", f"hydra.sweep.dir={runs}", *SMALL, env_extra=tmp_path / "cache")
+    proc, _ = cli("-m", "algorithm=gvpo", "task.reward._target_=flaky_reward.Flaky", "task.reward.dataset=raise,correct",
+                  f"hydra.sweep.dir={runs}", *SMALL, env_extra=tmp_path / "cache")
     assert proc.returncode != 0  # Hydra reports the failure after running every job
     loaded = {run.label: run for run in load_runs(runs)}
-    assert loaded["beta=0.1"].summary["status"] == "completed" and loaded["beta=0.1"].summary["steps"] == 4
-    assert loaded["beta=-1"].summary["status"] == "failed"
-    assert "beta=-1 is not allowed for gvpo" in loaded["beta=-1"].summary["error"]
+    good, bad = loaded["task.reward.dataset=correct"].summary, loaded["task.reward.dataset=raise"].summary
+    assert good["status"] == "completed" and good["steps"] == 4
+    assert bad["status"] == "failed" and "reward Flaky raised ZeroDivisionError" in bad["error"]
     text = report([str(runs), "--metrics", "val/accuracy", "--x", "step"])
-    assert "| beta=0.1 | 1 |" in text
-    assert "Failed jobs:" in text and "`beta=-1`" in text and "ConfigError: beta=-1 is not allowed for gvpo" in text
+    assert "| task.reward.dataset=correct | 1 |" in text
+    assert "Failed jobs:" in text and "`task.reward.dataset=raise`" in text and "RewardError: reward Flaky raised" in text
 
 
 def test_optuna_example_tunes_lr(tmp_path):

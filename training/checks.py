@@ -110,6 +110,9 @@ def check_config(cfg, choices: dict, defaults=None) -> object:
     if cfg.module.minibatches > cfg.prompts_per_step:
         raise ConfigError(f"module.minibatches={cfg.module.minibatches} is not allowed with prompts_per_step="
                           f"{cfg.prompts_per_step}: each minibatch holds whole groups, so at most {cfg.prompts_per_step}")
+    if cfg.warmstart.steps > 0 and not {"batch_size", "lr", "seed", "cache_dir"} <= set(cfg.warmstart):
+        raise ConfigError(f"warmstart.steps={cfg.warmstart.steps} needs warmstart=sft (this warm start has no "
+                          "settings to train with); warmstart=none starts from the model as built")
     if cfg.get("resume") and not Path(cfg.resume).expanduser().is_file():
         raise ConfigError(f"resume={cfg.resume!r} is not a checkpoint file; e.g. <output_dir>/checkpoints/last.ckpt")
     if "path" in cfg.model:

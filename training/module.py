@@ -124,6 +124,10 @@ class PostTrainingModule(L.LightningModule):
         rollout = self.sampler.sample(rows, self.policy).to(self.device)
         self.budget.add(rollout)
         self.budget.sampling_seconds += time.perf_counter() - clock
+        if not torch.isfinite(rollout.rewards).all():  # e.g. scores beyond float32's range: no update
+            self.nonfinite, self.last_rollout = "rewards", rollout
+            self.log("train/nonfinite", 1.0, batch_size=rollout.num_groups)
+            return self.stop_if_never_finite(made_a_step=False)
         clock = time.perf_counter()
         if (self.algorithm.needs_reference or self.kl_diagnostic) and rollout.ref_logprobs is None:
             rollout.ref_logprobs = self._in_parts(self.reference.logprobs, rollout)  # unless pi_ref itself sampled it
