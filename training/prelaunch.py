@@ -24,8 +24,10 @@ def check_command_line(args: list[str]) -> None:
         return  # a user config folder or a printing flag: each job's own check_config still runs
     multirun = "-m" in args or "--multirun" in args
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="run"):
-        defaults = {}
-        for job in jobs(command_line_overrides(args), multirun):
+        defaults, planned = {}, jobs(command_line_overrides(args), multirun)
+        if len(planned) > 20:  # about 0.1 s each
+            print(f"checking the configs of {len(planned)} jobs before launching the first", flush=True)
+        for job in planned:
             check_job(job, multirun, defaults)
 
 
