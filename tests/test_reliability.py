@@ -224,3 +224,42 @@ def test_the_same_command_twice_gives_the_same_summary(settings, tmp_path):
     second = run.train(compose_config(overrides, tmp_path / "b"))
     assert first["status"] == "completed" and comparable(first) == comparable(second)
     assert {"torch", "transformers", "cpu", "threads"} <= set(first["environment"])
+
+
+def test_prompt_order_is_lightnings_shuffled_order_across_epochs_and_resumes_mid_epoch():
+    """PromptOrder gives the batches Lightning drew from a shuffling DataLoader before it existed
+    (runs and warm starts keep their results), over three epochs, and resumes at any position."""
+    import lightning as L
+    import torch
+    from torch.utils.data import DataLoader
+
+    from training.data import as_rows, prompt_loader
+
+    class Recorder(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.weight, self.seen, self.automatic_optimization = torch.nn.Parameter(torch.zeros(1)), [], False
+
+        def training_step(self, batch, batch_idx):
+            self.seen.append(list(batch))
+            optimizer = self.optimizers()
+            self.manual_backward(self.weight.sum())
+            optimizer.step()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def batches(loader, steps=14):
+        module = Recorder()
+        L.Trainer(max_steps=steps, max_epochs=-1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                  enable_model_summary=False, limit_val_batches=0).fit(module, loader)
+        return module.seen
+
+    rows = list(range(23))  # 5 batches of 4 per epoch, 3 rows dropped
+    shuffled = DataLoader(rows, batch_size=4, shuffle=True, drop_last=True, collate_fn=as_rows,
+                          generator=torch.Generator().manual_seed(7))
+    expected = batches(shuffled)
+    assert batches(prompt_loader(rows, 4, shuffle=True, seed=7)) == expected
+    resumed = prompt_loader(rows, 4, shuffle=True, seed=7)
+    resumed.batch_sampler.position = 7  # 7 batches trained on: epoch 1, third batch
+    assert batches(resumed, steps=7) == expected[7:]
