@@ -44,7 +44,8 @@ def environment() -> dict:
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
                platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
     return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "lightning": lightning.__version__, "cpu": cpu, "threads": torch.get_num_threads(),
+            "lightning": lightning.__version__, "cpu": cpu, "cpu_kernels": torch.backends.cpu.get_cpu_capability(),
+            "threads": torch.get_num_threads(),
             "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
 
 
