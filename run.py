@@ -35,7 +35,8 @@ def train(cfg: DictConfig) -> dict:
     from training.interrupts import Interrupted, StopOnSignal  # imports Lightning: after the checks
 
     output_dir = Path(hydra_cfg.runtime.output_dir)
-    checkpoint_dir = Path(cfg.callbacks.checkpoint.dirpath)
+    checkpoints = cfg.callbacks.get("checkpoint")  # null: no periodic checkpoints (a signal still writes one)
+    checkpoint_dir = Path(checkpoints.dirpath) if checkpoints else output_dir / "checkpoints"
     lock, completed, unfinished = claim(output_dir, cfg, checkpoint_dir / "last.ckpt")  # this run's, or refused
     with lock:
         if completed:
