@@ -15,6 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+import parallel
 from schema import ConfigError, RunStopped
 from training.checks import build, check_config
 from training.outputs import OutputDirectoryTaken, claim
@@ -37,6 +38,9 @@ def train(cfg: DictConfig) -> dict:
     output_dir = Path(hydra_cfg.runtime.output_dir)
     checkpoints = cfg.callbacks.get("checkpoint")  # null: no periodic checkpoints (a signal still writes one)
     checkpoint_dir = Path(checkpoints.dirpath) if checkpoints else output_dir / "checkpoints"
+    if parallel.rank() > 0:  # a data-parallel worker, started by Lightning re-running this command: rank 0 owns the files
+        last = checkpoint_dir / "last.ckpt"
+        return fit_and_summarise(cfg, choices, algorithm, output_dir, None, start, cfg.resume or (last if last.exists() else None))
     lock, completed, unfinished = claim(output_dir, cfg, checkpoint_dir / "last.ckpt")  # this run's, or refused
     with lock:
         if completed:
@@ -66,7 +70,7 @@ def fit_and_summarise(cfg, choices, algorithm, output_dir: Path, stop, start: fl
 
     hydra_cfg = HydraConfig.get()
     trainer = build_trainer(cfg, sweep_dir=hydra_cfg.sweep.dir if hydra_cfg.mode == RunMode.MULTIRUN else None,
-                            extra_callbacks=[stop])
+                            extra_callbacks=[stop] if stop else [])
     task = build(cfg.task)
     module, warm = build_module(cfg, algorithm, task, model_name=f"model={choices.get('model')}")
     for logger in trainer.loggers:  # after the model is built: a bad value fails before W&B starts
@@ -83,6 +87,11 @@ def fit_and_summarise(cfg, choices, algorithm, output_dir: Path, stop, start: fl
             after = trainer.validate(module, val_loader, verbose=False)[0]
     finally:
         finish_wandb()
+    if parallel.rank() > 0:
+        return {}
+    if len(set(module.rank_weights)) > 1:
+        raise RunStopped(f"the {len(module.rank_weights)} processes ended with different weights (SHA-256 "
+                         f"{', '.join(digest[:12] for digest in module.rank_weights)}): the run is not one run")
     exported = export_policy(module.policy, module.tokenizer, output_dir / "policy", cfg.export)
     values = {
         "status": "completed",
@@ -94,6 +103,8 @@ def fit_and_summarise(cfg, choices, algorithm, output_dir: Path, stop, start: fl
         "warmstart": str(warm) if warm else None,
         "policy": str(exported) if exported else None,
         "environment": environment(),
+        "processes": trainer.world_size,
+        "rank_weights_sha256": module.rank_weights,  # one per process, all equal
     }
     return write_summary(output_dir, cfg, choices, values)
 
@@ -127,6 +138,8 @@ def main(cfg: DictConfig) -> float:
 
     try:
         summary = train(cfg)
+        if parallel.rank() > 0:  # a data-parallel worker: rank 0 reports
+            return None
         print(headline(summary), flush=True)
         return summary["val/accuracy"]
     except Interrupted as interrupted:  # summary.json says so; the exit code too, and a sweep stops
@@ -135,7 +148,7 @@ def main(cfg: DictConfig) -> float:
         sys.exit(128 + interrupted.signum)
     except Exception as error:
         hydra_cfg = HydraConfig.get()
-        if not isinstance(error, OutputDirectoryTaken):  # never write into another run's directory
+        if not isinstance(error, OutputDirectoryTaken) and parallel.rank() == 0:  # never into another run's directory
             write_failure(hydra_cfg.runtime.output_dir, cfg, dict(hydra_cfg.runtime.choices), error)
         if not isinstance(error, (ConfigError, RunStopped)):
             raise

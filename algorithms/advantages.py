@@ -1,8 +1,11 @@
 """Advantages shared by the policy-gradient algorithms: baselines, normalisation, GAE, process
-supervision. Pure functions of tensors and masks; none needs gradients."""
+supervision. Pure functions of tensors and masks; none needs gradients. Statistics over the whole
+batch sum over every rank under data parallelism (parallel.all_sum), so a batch split across
+processes is normalised as one process would normalise it."""
 import torch
 from torch import Tensor
 
+from parallel import all_sum
 from schema import ConfigError
 
 BASELINES = ("group_mean", "leave_one_out")
@@ -26,7 +29,7 @@ def outcome_advantages(rewards: Tensor, group_size: int, baseline: str, normalis
     if normalisation == "group":
         centred = centred / (grouped.std(dim=1, keepdim=True) + eps)
     elif normalisation == "batch":
-        centred = centred / (rewards.std() + eps)
+        centred = centred / (batch_std(rewards, torch.ones_like(rewards)) + eps)
     return centred.reshape(-1)
 
 
@@ -61,9 +64,29 @@ def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float)
     return advantages, advantages + values
 
 
-def whiten(values: Tensor, mask: Tensor, eps: float = 1e-8) -> Tensor:
-    """(x - mean) / std over the masked entries of the whole batch."""
+def batch_moments(values: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(count, mean, sum of squared deviations) of the masked entries of the whole batch, every rank's."""
     mask = mask.to(values.dtype)
-    mean = (values * mask).sum() / mask.sum()
-    var = ((values - mean).pow(2) * mask).sum() / mask.sum().clamp(min=1)
+    count, total = all_sum(torch.stack([mask.sum(), (values * mask).sum()]))
+    mean = total / count.clamp(min=1)
+    return count, mean, all_sum(((values - mean).pow(2) * mask).sum())
+
+
+def batch_std(values: Tensor, mask: Tensor) -> Tensor:
+    """The sample standard deviation (n - 1) of the masked entries of the whole batch, as Tensor.std."""
+    count, _, squares = batch_moments(values, mask)
+    return (squares / (count - 1).clamp(min=1)).sqrt()
+
+
+def whiten(values: Tensor, mask: Tensor, eps: float = 1e-8, whole_batch: bool = True) -> Tensor:
+    """(x - mean) / std (population std) over the masked entries of the whole batch, or of these
+    rows only (whole_batch=False: a group's)."""
+    if whole_batch:
+        count, mean, squares = batch_moments(values, mask)
+    else:
+        mask_ = mask.to(values.dtype)
+        count = mask_.sum()
+        mean = (values * mask_).sum() / count
+        squares = ((values - mean).pow(2) * mask_).sum()
+    var = squares / count.clamp(min=1)
     return (values - mean) / (var.sqrt() + eps) * mask

@@ -60,8 +60,8 @@ class PPO(PolicyGradient):
         if self.advantage_norm == "batch":
             advantages = adv.whiten(advantages, mask)
         elif self.advantage_norm == "group":
-            advantages = torch.cat([adv.whiten(a, m) for a, m in zip(advantages.split(rollout.group_size),
-                                                                      mask.split(rollout.group_size))])
+            k = rollout.group_size
+            advantages = torch.cat([adv.whiten(a, m, whole_batch=False) for a, m in zip(advantages.split(k), mask.split(k))])
         rollout.extras.update(advantages=advantages, returns=returns, values=values)
 
     def aux_loss(self, rollout) -> tuple[Tensor, dict[str, float]]:

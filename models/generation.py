@@ -13,6 +13,7 @@ and never a token in `generation_config.suppress_tokens`), as `generate` does. M
 cache interface (the tabular policy) use their own `generate`. A vLLM backend (later) implements
 the same `__call__`.
 """
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -62,6 +63,7 @@ class HFGenerator:
         attention = prompt_mask
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache(config=model.config)
+        cached = {cache_keyword(model): cache, "use_cache": True}
         # the prompt is read once per distinct prompt (a group repeats its prompt k times), then shared
         distinct, copies = torch.cat([prompt_ids, prompt_mask], dim=1).unique(dim=0, return_inverse=True)
         inputs, step_positions = prompt_ids, positions
@@ -69,12 +71,12 @@ class HFGenerator:
             if t == 0 and len(distinct) < batch:
                 first = torch.zeros(len(distinct), dtype=torch.long, device=device).scatter_(0, copies, rows)
                 logits = model(input_ids=prompt_ids[first], attention_mask=prompt_mask[first], position_ids=positions[first],
-                               past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+                               logits_to_keep=1, **cached).logits[:, -1]
                 cache.batch_select_indices(copies)
                 logits = logits[copies].float()  # (B, V)
             else:
-                logits = model(input_ids=inputs, attention_mask=attention, position_ids=step_positions, past_key_values=cache,
-                               use_cache=True, logits_to_keep=1).logits[:, -1].float()  # (A, V)
+                logits = model(input_ids=inputs, attention_mask=attention, position_ids=step_positions,
+                               logits_to_keep=1, **cached).logits[:, -1].float()  # (A, V)
             if len(suppressed):
                 logits.index_fill_(-1, suppressed, float("-inf"))
             token = logits.argmax(-1) if greedy else self._sample(logits)  # (A,)
@@ -101,6 +103,13 @@ class HFGenerator:
         cumulative = probs.double().cumsum(-1)  # (A, V)
         uniform = torch.rand(len(probs), 1, dtype=torch.float64, device=probs.device) * cumulative[:, -1:]
         return torch.searchsorted(cumulative, uniform, right=True).squeeze(1).clamp(max=probs.shape[-1] - 1)
+
+
+def cache_keyword(model) -> str:
+    """The forward's name for the KV cache: `cache` since transformers 5.24 (the old
+    `past_key_values` still works there, with a deprecation warning), `past_key_values` before."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a LoRA policy
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
 def response_mask_after_eos(response_ids: Tensor, eos_token_id: int) -> Tensor:

@@ -11,7 +11,8 @@ from storage import write_atomically
 
 class SampleTable(L.Callback):
     """Every `every_n_steps` rollouts, log `num_samples` (prompt, completion, reward) rows as a W&B
-    table (key samples/train) and append them to samples.jsonl in `output_dir`."""
+    table (key samples/train) and append them to samples.jsonl in `output_dir`; rank 0's rollout
+    under data parallelism."""
 
     def __init__(self, every_n_steps: int = 50, num_samples: int = 16, output_dir: str | None = None):
         self.every_n_steps, self.num_samples = every_n_steps, num_samples
@@ -19,13 +20,13 @@ class SampleTable(L.Callback):
 
     def on_train_start(self, trainer, pl_module) -> None:
         """A resumed run drops the rows after its checkpoint's step: it writes them again."""
-        if self.path and self.path.exists():
+        if trainer.is_global_zero and self.path and self.path.exists():
             kept = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= trainer.global_step]
             write_atomically(self.path, "".join(line + "\n" for line in kept))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         rollout = pl_module.last_rollout
-        if rollout is None or batch_idx % self.every_n_steps or not rollout.completions:
+        if not trainer.is_global_zero or rollout is None or batch_idx % self.every_n_steps or not rollout.completions:
             return
         count = min(self.num_samples, len(rollout.completions))
         rows = [[rollout.prompts[i], rollout.completions[i], float(rollout.rewards[i])] for i in range(count)]
@@ -57,7 +58,7 @@ class ProgressLine(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step, total = trainer.global_step, trainer.max_steps
-        if not self.enabled() or (step % self.every_n_steps and step != total):
+        if not trainer.is_global_zero or not self.enabled() or (step % self.every_n_steps and step != total):
             return
         metrics = trainer.callback_metrics
         values = " ".join(f"{name} {float(metrics[key]):.4g}" for key, name in self.KEYS if key in metrics)

@@ -142,6 +142,9 @@ def check_trainer(cfg) -> None:
     if cfg.trainer.get("gradient_clip_val") is not None:
         raise ConfigError(f"trainer.gradient_clip_val={cfg.trainer.gradient_clip_val} is not supported under manual "
                           "optimisation; ptlab clips gradients with module.max_grad_norm")
+    if cfg.trainer.get("use_distributed_sampler"):
+        raise ConfigError("trainer.use_distributed_sampler=true is not allowed: under data parallelism ptlab gives each "
+                          "process its own prompts, whole groups (training/data.py); leave it false")
     accumulate = cfg.trainer.get("accumulate_grad_batches", 1)
     groups = cfg.prompts_per_step // cfg.module.minibatches
     if not isinstance(accumulate, int) or not 1 <= accumulate <= max(groups, 1):

@@ -2,6 +2,8 @@
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+import parallel
+
 
 def as_rows(batch: list[dict]) -> list[dict]:
     return batch
@@ -13,14 +15,18 @@ class PromptOrder(Sampler):
     the permutation; Lightning stops at the epoch's length, so the sampler's empty tail permutation
     is never drawn), but resumable: `position` is the number of batches already trained on, and a
     new iterator starts after them. A resumed run sees the prompts in the order an uninterrupted
-    one does (a test checks the order against Lightning's over three epochs)."""
+    one does (a test checks the order against Lightning's over three epochs).
+
+    Under data parallelism (W processes) a step takes batch_size x W prompts from the same order and
+    rank r trains on the r-th batch_size of them, so the W ranks together see what one process with
+    batch_size x W would see. W and r are read when iteration starts (the process group exists by then)."""
 
     def __init__(self, size: int, batch_size: int, seed: int):
         self.size, self.batch_size, self.seed = size, batch_size, seed
         self.position = 0
 
     def __len__(self) -> int:
-        return self.size // self.batch_size
+        return self.size // (self.batch_size * parallel.world_size())
 
     def permutation(self, epoch: int) -> list[int]:
         generator = torch.Generator().manual_seed(self.seed)
@@ -32,9 +38,11 @@ class PromptOrder(Sampler):
     def __iter__(self):
         epoch, offset = divmod(self.position, len(self))
         order = self.permutation(epoch)
+        step = self.batch_size * parallel.world_size()
+        start = parallel.rank() * self.batch_size
         for batch in range(offset, len(self)):
             self.position = epoch * len(self) + batch + 1
-            yield order[batch * self.batch_size : (batch + 1) * self.batch_size]
+            yield order[batch * step + start : batch * step + start + self.batch_size]
 
 
 def prompt_loader(dataset, batch_size: int, shuffle: bool, seed: int = 0) -> DataLoader:

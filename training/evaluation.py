@@ -2,6 +2,7 @@
 prompts, or the exact metrics of the enumerable task."""
 import torch
 
+import parallel
 from models.lm import token_logprobs
 from rewards import score
 from training.rollout import encode_prompts
@@ -19,6 +20,8 @@ class HeldOutEvaluation:
       val/sampled_accuracy_se            its standard error over prompts
 
     Prompts are generated `batch_size` rows at a time; sampling never touches the training RNG.
+    Under data parallelism rank r answers prompts r, r + W, ... (its samples drawn with seed + r) and
+    the per-prompt results are gathered, so the metrics cover every prompt once.
     """
 
     def __init__(self, tokenizer, generator, reward_fn, samples: int = 0, seed: int = 0, batch_size: int = 256):
@@ -39,18 +42,27 @@ class HeldOutEvaluation:
         rewards, terms = torch.tensor(total), {name: torch.tensor(values) for name, values in terms.items()}
         return rewards, terms, next(iter(terms.values()), rewards) == 1
 
-    def __call__(self, policy, rows: list[dict]) -> dict[str, torch.Tensor]:
+    def per_prompt(self, policy, rows: list[dict]) -> dict[str, torch.Tensor]:
+        """Per-prompt results (N,) each: greedy reward, correctness and reward terms; the mean sampled
+        reward and accuracy."""
         rewards, terms, correct = self._answers(policy, rows, greedy=True)
-        metrics = {"val/reward": rewards.mean(), "val/accuracy": correct.float().mean(),
-                   **{f"val/reward/{name}": values.mean() for name, values in terms.items()}}
+        values = {"val/reward": rewards, "val/accuracy": correct.float(),
+                  **{f"val/reward/{name}": values for name, values in terms.items()}}
         if self.samples:
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(self.seed)
+                torch.manual_seed(self.seed + parallel.rank())
                 repeated = [row for row in rows for _ in range(self.samples)]  # a prompt's samples side by side
                 rewards, _, correct = self._answers(policy, repeated, greedy=False)
-            per_prompt = correct.float().view(len(rows), self.samples).mean(1)
-            metrics |= {"val/sampled_reward": rewards.mean(), "val/sampled_accuracy": per_prompt.mean(),
-                        "val/sampled_accuracy_se": per_prompt.std() / len(rows) ** 0.5}
+            values |= {"val/sampled_reward": rewards.float().view(len(rows), self.samples).mean(1),
+                       "val/sampled_accuracy": correct.float().view(len(rows), self.samples).mean(1)}
+        return values
+
+    def __call__(self, policy, rows: list[dict]) -> dict[str, torch.Tensor]:
+        mine = self.per_prompt(policy, parallel.shard(rows))
+        values = {key: parallel.gather_shards(value.float(), len(rows)) for key, value in mine.items()}
+        metrics = {key: value.mean() for key, value in values.items()}
+        if self.samples:
+            metrics["val/sampled_accuracy_se"] = values["val/sampled_accuracy"].std() / len(rows) ** 0.5
         return metrics
 
 

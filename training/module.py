@@ -22,9 +22,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+import parallel
 from algorithms.base import aggregate, sequence_logprobs
 from models.lm import token_logprobs
-from schema import RunStopped
+from schema import ConfigError, RunStopped
 from training.rollout import Rollout
 
 
@@ -54,13 +55,16 @@ class Budget:
     update_seconds: float = 0.0  # everything from the first policy forward to the last optimiser step
 
     def add(self, rollout: Rollout) -> None:
-        """Count a batch; only its freshly generated groups cost generation and reward calls."""
+        """Count a batch, on every rank (data parallelism: the sums over ranks); only its freshly
+        generated groups cost generation and reward calls."""
         groups = rollout.num_groups if rollout.generated_groups is None else rollout.generated_groups
         rows = groups * rollout.group_size
-        self.prompts_seen += rollout.num_groups
+        counts = torch.tensor([rollout.num_groups, rows, int(rollout.response_mask[:rows].sum())], dtype=torch.float64)
+        prompts, rows, tokens = (int(count) for count in parallel.all_sum(counts))
+        self.prompts_seen += prompts
         self.responses_generated += rows
         self.reward_calls += rows
-        self.tokens_generated += int(rollout.response_mask[:rows].sum())
+        self.tokens_generated += tokens
 
     def metrics(self) -> dict[str, float]:
         return {f"budget/{key}": float(value) for key, value in asdict(self).items()}
@@ -103,6 +107,7 @@ class PostTrainingModule(L.LightningModule):
         self._start = None
         self.rollouts_done = 0  # training batches consumed, for a resumed run's prompt order
         self.prompt_order = None  # the train loader's PromptOrder, told where to resume
+        self.rank_weights: list[str] = []  # SHA-256 of the trainable weights of each process, at the end of training
 
     def configure_optimizers(self):
         params = [p for p in list(self.policy.parameters()) + list(self.extras.parameters()) if p.requires_grad]
@@ -114,6 +119,10 @@ class PostTrainingModule(L.LightningModule):
     def on_train_start(self) -> None:
         self._start = time.perf_counter() - self.budget.wall_seconds
 
+    def on_train_end(self) -> None:
+        """Every process's weights, to check data parallelism kept them identical."""
+        self.rank_weights = parallel.gather_objects(parallel.digest(self))
+
     def policy_logprobs(self, rollout: Rollout, entropy: str | None = None):  # (B, T), with grad
         return token_logprobs(self.policy, rollout.prompt_ids, rollout.prompt_mask, rollout.response_ids,
                               rollout.response_mask, entropy=entropy)
@@ -124,7 +133,7 @@ class PostTrainingModule(L.LightningModule):
         rollout = self.sampler.sample(rows, self.policy).to(self.device)
         self.budget.add(rollout)
         self.budget.sampling_seconds += time.perf_counter() - clock
-        if not torch.isfinite(rollout.rewards).all():  # e.g. scores beyond float32's range: no update
+        if parallel.any_rank(not torch.isfinite(rollout.rewards).all()):  # e.g. scores beyond float32's range: no update
             self.nonfinite, self.last_rollout = "rewards", rollout
             self.log("train/nonfinite", 1.0, batch_size=rollout.num_groups)
             return self.stop_if_never_finite(made_a_step=False)
@@ -148,31 +157,39 @@ class PostTrainingModule(L.LightningModule):
         self.stop_if_never_finite(made_a_step=self.budget.optimizer_steps > steps_before)
         self.budget.update_seconds += time.perf_counter() - clock
         self.budget.wall_seconds = time.perf_counter() - self._start
-        self.log_dict(summarise(history) | self._rollout_metrics(rollout) | self.budget.metrics(), on_step=True,
-                      batch_size=rollout.num_groups)
-        self.log("train/reward", rollout.rewards.mean(), prog_bar=True, batch_size=rollout.num_groups)
+        metrics = parallel.average_metrics(summarise(history) | self._rollout_metrics(rollout))  # over ranks
+        self.log("train/reward", metrics.pop("train/reward"), prog_bar=True, batch_size=rollout.num_groups)
+        self.log_dict(metrics | self.budget.metrics(), on_step=True, batch_size=rollout.num_groups)
 
     def _update(self, batch: Rollout) -> dict[str, float]:
         """One optimiser step on a minibatch, its gradient accumulated over micro-batches of whole
         groups, each normalised by the minibatch's totals so they add up to the minibatch's gradient;
-        returns train/ and algo/ metrics."""
+        returns train/ and algo/ metrics. Under data parallelism the totals are the global
+        minibatch's (all ranks') and each rank's loss is scaled by the number of ranks, so the
+        gradient DDP averages over ranks is the global minibatch's."""
         optimizer = self.optimizers()
         optimizer.zero_grad()
-        totals = (batch.response_mask.shape[0], int(batch.response_mask.sum()) or 1)
+        local = torch.tensor([batch.response_mask.shape[0], int(batch.response_mask.sum())], dtype=torch.float64)
+        rows, tokens = (int(total) for total in parallel.all_sum(local))
+        totals = (rows, tokens or 1)
         chunks = batch.groups_by_length(self.accumulate_grad_batches) if self.accumulate_grad_batches > 1 else []
-        parts = [replace(batch.select_groups(groups).trimmed(), totals=totals) for groups in chunks] or [batch]
+        parts = [replace(batch.select_groups(groups).trimmed(), totals=totals) for groups in chunks]
+        parts = parts or [replace(batch, totals=totals)]
         history, fill_sampler_logprobs = defaultdict(list), batch.sampler_logprobs is None
         for part in parts:
             loss, metrics = self._loss(part)
             for key, value in metrics.items():
                 history[key].append(value)
-            if self.nonfinite:
+            if parallel.any_rank(self.nonfinite is not None):  # every rank skips, or none
+                self.nonfinite = self.nonfinite or "values on another rank"
                 optimizer.zero_grad()
                 return summarise(history) | {"train/nonfinite": 1.0}  # reported, the step is skipped
-            self.manual_backward(loss)
-        if fill_sampler_logprobs and chunks:  # on-policy: the parts' first forwards, back in row order
-            batch.sampler_logprobs = self._reassemble(batch, chunks, [part.sampler_logprobs for part in parts])
-        metrics = summarise(history) | {"train/loss": sum(history["train/loss"]), "train/lr": optimizer.param_groups[0]["lr"]}
+            self.manual_backward(loss * parallel.world_size())
+        if fill_sampler_logprobs:  # on-policy: the parts' first forwards, back in row order
+            batch.sampler_logprobs = (self._reassemble(batch, chunks, [part.sampler_logprobs for part in parts])
+                                      if chunks else parts[0].sampler_logprobs)
+        loss = sum(history["train/loss"]) * parallel.world_size()  # averaged over ranks: the global minibatch's
+        metrics = summarise(history) | {"train/loss": loss, "train/lr": optimizer.param_groups[0]["lr"]}
         params = [p for p in list(self.policy.parameters()) + list(self.extras.parameters()) if p.grad is not None]
         grad_norm = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm or float("inf")).item()
         if not math.isfinite(grad_norm):
@@ -248,6 +265,7 @@ class PostTrainingModule(L.LightningModule):
         rewards, mask = rollout.rewards, rollout.response_mask
         grouped = rewards.view(-1, rollout.group_size)
         metrics = {
+            "train/reward": rewards.mean().item(),
             "train/accuracy": rollout.correct.float().mean().item(),
             **{f"train/reward/{name}": values.mean().item() for name, values in rollout.reward_terms.items()},
             "train/response_length": mask.sum(-1).float().mean().item(),
@@ -265,14 +283,15 @@ class PostTrainingModule(L.LightningModule):
         """Checkpoints hold what training changes: trainable weights (all of them, or LoRA's adapters),
         buffers and the critic, not the frozen reference nor frozen base weights; and (Lightning
         keeps the optimiser, scheduler and step) what a resumed run needs to go on exactly as an
-        uninterrupted one: the RNG states, the sampler's state, the budget, the prompts consumed."""
+        uninterrupted one: the RNG states, the sampler's state, the budget, the prompts consumed.
+        The RNG and sampler states are per rank (`ranks`, one entry per process)."""
         frozen = {name for name, value in self.state_dict(keep_vars=True).items()  # tied weights under every name
                   if isinstance(value, nn.Parameter) and not value.requires_grad}
         frozen |= {name for name in checkpoint["state_dict"] if name.startswith("reference.")}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in frozen}
-        checkpoint["ptlab"] = {"rollouts": self.rollouts_done, "budget": asdict(self.budget), "rng": rng_states(),
-                               "last_validation": self.last_validation, "sampler": self.sampler.state_dict(),
-                               "nonfinite_in_a_row": self.nonfinite_in_a_row}
+        ranks = parallel.gather_objects({"rng": rng_states(), "sampler": self.sampler.state_dict()})
+        checkpoint["ptlab"] = {"rollouts": self.rollouts_done, "budget": asdict(self.budget), "ranks": ranks,
+                               "last_validation": self.last_validation, "nonfinite_in_a_row": self.nonfinite_in_a_row}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """The frozen weights a checkpoint leaves out are those this module was built with."""
@@ -282,14 +301,20 @@ class PostTrainingModule(L.LightningModule):
             return
         self.rollouts_done, self.budget = state["rollouts"], Budget(**state["budget"])
         self.last_validation, self.nonfinite_in_a_row = state["last_validation"], state["nonfinite_in_a_row"]
-        self.sampler.load_state_dict(state["sampler"])
-        set_rng_states(state["rng"])
+        if len(state["ranks"]) != parallel.world_size():
+            raise ConfigError(f"resume: the checkpoint was written by {len(state['ranks'])} process(es), this run has "
+                              f"{parallel.world_size()}; resume with the same trainer.devices x trainer.num_nodes")
+        mine = state["ranks"][parallel.rank()]
+        self.sampler.load_state_dict(mine["sampler"])
+        set_rng_states(mine["rng"])
         if self.prompt_order is not None:
             self.prompt_order.position = self.rollouts_done
 
     def validation_step(self, rows: list[dict], batch_idx: int) -> None:
-        """The task's evaluator: greedy val/reward and val/accuracy, or exact/ metrics."""
+        """The task's evaluator: greedy val/reward and val/accuracy, or exact/ metrics (over every
+        prompt, whatever the number of ranks)."""
         metrics = self.evaluator(self.policy, rows)
         for key, value in metrics.items():
-            self.log(key, value, batch_size=len(rows), prog_bar=key in ("val/accuracy", "exact/kl_to_optimum"))
+            self.log(key, value, batch_size=len(rows), prog_bar=key in ("val/accuracy", "exact/kl_to_optimum"),
+                     sync_dist=True)  # the same on every rank (the evaluator gathers): no warning, no change
         self.last_validation = (self.global_step, {key: float(value) for key, value in metrics.items()})

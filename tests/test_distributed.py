@@ -1,0 +1,102 @@
+"""Data parallelism: W processes compute what one process computes on the global batch."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import parallel
+from algorithms import advantages as adv
+from tests.test_run import ROOT
+from training.data import PromptOrder
+
+
+def test_prompt_order_splits_each_global_batch_between_ranks(monkeypatch):
+    """Rank r trains on the r-th slice of the batch one process with W x the prompts would draw,
+    over epochs and after a resume."""
+    whole = PromptOrder(size=40, batch_size=8, seed=3)
+    expected = [batch for _ in range(3) for batch in whole]  # three epochs of one process
+    assert len(whole) == 5
+    monkeypatch.setattr(parallel, "world_size", lambda: 2)
+    for rank in (0, 1):
+        monkeypatch.setattr(parallel, "rank", lambda rank=rank: rank)
+        order = PromptOrder(size=40, batch_size=4, seed=3)
+        assert len(order) == 5
+        seen = [batch for _ in range(2) for batch in order]
+        order.position = 7  # a resumed run goes on from where the checkpoint was
+        seen += list(order) + list(order)
+        assert seen == [batch[4 * rank : 4 * rank + 4] for batch in expected[:10] + expected[7:15]]
+
+
+def _collectives(rank: int, world: int, init_file: str, results) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    values, mask = torch.randn(6, 5), (torch.rand(6, 5) > 0.3).float()  # the same global batch on every rank
+    rewards = torch.randn(8)
+    mine = slice(3 * rank, 3 * rank + 3)
+    rows = list(range(7))
+    results[rank] = {
+        "whiten": adv.whiten(values[mine], mask[mine]),
+        "batch_norm": adv.outcome_advantages(rewards[4 * rank : 4 * rank + 4], 2, "group_mean", "batch", 1e-6),
+        "gathered": parallel.gather_shards(torch.tensor(parallel.shard(rows), dtype=torch.float32) * 10, len(rows)),
+        "metrics": parallel.average_metrics({"a": float(rank), "ratio_max": float(rank)}),
+        "any": parallel.any_rank(rank == 1),
+    }
+    dist.destroy_process_group()
+
+
+def test_batch_statistics_metrics_and_validation_rows_are_global_across_two_processes(tmp_path):
+    results = mp.Manager().dict()
+    mp.spawn(_collectives, args=(2, str(tmp_path / "init"), results), nprocs=2)
+    torch.manual_seed(0)
+    values, mask = torch.randn(6, 5), (torch.rand(6, 5) > 0.3).float()
+    rewards = torch.randn(8)
+    whitened = adv.whiten(values, mask)  # one process, the whole batch
+    normalised = adv.outcome_advantages(rewards, 2, "group_mean", "batch", 1e-6)
+    for rank in (0, 1):
+        got = results[rank]
+        assert torch.allclose(got["whiten"], whitened[3 * rank : 3 * rank + 3], atol=1e-6)
+        assert torch.allclose(got["batch_norm"], normalised[4 * rank : 4 * rank + 4], atol=1e-6)
+        assert got["gathered"].tolist() == [10.0 * row for row in range(7)]  # every row once, in order
+        assert got["metrics"] == {"a": 0.5, "ratio_max": 1.0} and got["any"] is True
+
+
+def run_tiny(tmp_path, name, *args):
+    """One tiny GRPO run on rollouts fixed by the prompts (tests/fixtures/fixed_sampler.py), plain SGD
+    and no clipping, so the weights after it show any difference in the gradient's scale or content."""
+    env = dict(os.environ, PTLAB_CACHE_DIR=str(tmp_path / "cache"), WANDB_MODE="offline",
+               PYTHONPATH=str(ROOT / "tests" / "fixtures"))
+    out = tmp_path / name
+    command = [sys.executable, str(ROOT / "run.py"), "logger=none", "warmstart=none", "task.train_size=256",
+               "task.val_size=16", "task.eval_samples=2", "group_size=4", "algorithm=grpo",
+               "algorithm.advantage_norm=batch", "optimizer._target_=torch.optim.SGD", "~optimizer.betas",
+               "module.max_grad_norm=null", "lr=0.5", "trainer.max_steps=2", "trainer.enable_progress_bar=false",
+               "trainer.enable_model_summary=false", "sampler._target_=fixed_sampler.Fixed", f"hydra.run.dir={out}", *args]
+    proc = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, json.loads((out / "summary.json").read_text())
+
+
+def test_two_ddp_processes_train_as_one_process_on_the_global_batch(tmp_path):
+    """trainer=ddp, 2 CPU processes (gloo), 4 prompts each, against one process with 8: the same
+    weights after two SGD steps (token-mean loss, batch-normalised advantages: both need global
+    sums), identical on both ranks, twice the prompts of one process of 4, one summary.json."""
+    from safetensors.torch import load_file
+
+    ddp, summary = run_tiny(tmp_path, "ddp", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+                            "prompts_per_step=4")
+    single, reference = run_tiny(tmp_path, "single", "prompts_per_step=8")
+    assert summary["processes"] == 2 and len(set(summary["rank_weights_sha256"])) == 1
+    assert summary["budget/prompts_seen"] == 2 * 4 * 2 == reference["budget/prompts_seen"]
+    assert summary["budget/tokens_generated"] == reference["budget/tokens_generated"]
+    ours, theirs = load_file(ddp / "policy" / "model.safetensors"), load_file(single / "policy" / "model.safetensors")
+    assert max((ours[key] - theirs[key]).abs().max().item() for key in ours) < 1e-5
+    for key in ("val/reward", "ref/val/reward"):  # greedy validation over all 16 prompts, split over ranks
+        assert summary[key] == pytest.approx(reference[key], abs=1e-6)
+    assert sorted(path.relative_to(tmp_path) for path in tmp_path.rglob("summary.json")) == [
+        ddp.relative_to(tmp_path) / "summary.json", single.relative_to(tmp_path) / "summary.json"]
+    assert (ddp / "train_ddp_process_1.log").exists() and not (tmp_path / "outputs").exists()
