@@ -23,8 +23,6 @@ from training.prelaunch import check_command_line
 from training.summary import environment, headline, logged_config, write_config, write_failure, write_summary
 
 os.environ.setdefault("WANDB_SILENT", "true")
-warnings.filterwarnings("ignore", message=".*(LeafSpec|does not have many workers|no `val_dataloader`|module\(s\) in eval mode"
-                                          "|ModelCheckpoint with manual optimization).*")
 
 
 def train(cfg: DictConfig) -> dict:
@@ -111,12 +109,15 @@ def fit_and_summarise(cfg, choices, algorithm, output_dir: Path, stop, start: fl
 
 def quiet_libraries() -> None:
     """No per-file progress bars from datasets (prompt rendering) and transformers (weight loading):
-    the run's own progress bar is the one to watch."""
+    the run's own progress bar is the one to watch; no Lightning warnings that do not apply to
+    ptlab. Called in each job's process (a launcher's worker does not run this module's top)."""
     from datasets.utils.logging import disable_progress_bar as quiet_datasets
     from transformers.utils.logging import disable_progress_bar as quiet_transformers
 
     quiet_datasets()
     quiet_transformers()
+    warnings.filterwarnings("ignore", message=".*(LeafSpec|does not have many workers|no `val_dataloader`|module\(s\) in "
+                                              "eval mode|ModelCheckpoint with manual optimization).*")  # in every process
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")  # peft asks a deprecated name
 
 

@@ -10,8 +10,12 @@ one runs the policy in-process with a lean decode loop over a Hugging Face `Dyna
     the k responses of its group is read once.
 It samples exactly softmax(logits / temperature) (restricted to the top-p nucleus when top_p < 1,
 and never a token in `generation_config.suppress_tokens`), as `generate` does. Models without a KV
-cache interface (the tabular policy) use their own `generate`. A vLLM backend (later) implements
-the same `__call__`.
+cache interface (the tabular policy) use their own `generate`.
+
+A backend is a `Generator`: `__call__` samples; a backend that holds its own copy of the weights
+(models/vllm.py) is told of every optimiser step (`on_optimizer_step`) and names the model whose
+weights sampled the last responses (`sampling_policy`), so samplers take the log-probs of the
+policy that actually sampled.
 """
 import inspect
 from dataclasses import dataclass
@@ -22,8 +26,30 @@ from torch import Tensor
 from models.lm import suppressed_token_ids
 
 
+class Generator:
+    """The generation backend interface. Backends that run the policy itself (HFGenerator) need
+    nothing but `__call__`."""
+
+    staleness = 0  # optimiser steps between the weights that sampled the last call and the policy's
+    reports_staleness = False  # log train/sampler_staleness
+
+    def __call__(self, model, tokenizer, prompt_ids: Tensor, prompt_mask: Tensor, greedy: bool = False):
+        """(response_ids (B, T), response_mask (B, T)): one response per left-padded prompt row."""
+        raise NotImplementedError
+
+    def on_optimizer_step(self, model) -> None:
+        """Called by the module after each optimiser step of `model` (the policy)."""
+
+    def sync(self, model) -> None:
+        """Bring the backend's weights up to `model`'s now (before a validation)."""
+
+    def sampling_policy(self, model):
+        """The model whose weights sampled the last call's responses, given the `model` it was called with."""
+        return model
+
+
 @dataclass
-class HFGenerator:
+class HFGenerator(Generator):
     max_new_tokens: int = 8
     temperature: float = 1.0
     top_p: float = 1.0

@@ -107,6 +107,7 @@ RULES = {
     "generation.max_new_tokens": COUNT,
     "generation.temperature": POSITIVE,
     "generation.top_p": number(0, 1, low_open=True),
+    "generation.sync_every": integer(1, meaning="optimiser steps between weight pushes into the engine"),
     "module.update_epochs": integer(1, meaning="passes over each rollout"),
     "module.minibatches": integer(1, meaning="optimiser steps per pass, at most prompts_per_step"),
     "module.max_grad_norm": number(0, low_open=True, nullable=True),

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -100,3 +101,49 @@ def test_two_ddp_processes_train_as_one_process_on_the_global_batch(tmp_path):
     assert sorted(path.relative_to(tmp_path) for path in tmp_path.rglob("summary.json")) == [
         ddp.relative_to(tmp_path) / "summary.json", single.relative_to(tmp_path) / "summary.json"]
     assert (ddp / "train_ddp_process_1.log").exists() and not (tmp_path / "outputs").exists()
+
+
+def test_a_sweep_runs_its_jobs_in_parallel_through_the_joblib_launcher(tmp_path):
+    env = dict(os.environ, PTLAB_CACHE_DIR=str(tmp_path / "cache"), WANDB_MODE="offline")
+    proc = subprocess.run([sys.executable, str(ROOT / "run.py"), "-m", "hydra/launcher=joblib", "seed=0,1", "logger=none",
+                           "warmstart=none", "task.train_size=256", "task.val_size=16", "prompts_per_step=2", "group_size=2",
+                           "trainer.max_steps=2", "trainer.enable_progress_bar=false", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Joblib.Parallel" in proc.stdout + proc.stderr  # Hydra's joblib launcher ran them
+    summaries = [json.loads((tmp_path / "sweep" / job / "summary.json").read_text()) for job in ("0", "1")]
+    assert [(s["status"], s["seed"], s["steps"]) for s in summaries] == [("completed", 0, 2), ("completed", 1, 2)]
+    # joblib gives each worker a share of the cores, so two jobs do not fight over them
+    assert all(s["environment"]["threads"] == max(os.cpu_count() // 2, 1) for s in summaries)
+
+
+def test_the_slurm_launcher_config_composes_with_its_fields_from_the_trainer():
+    proc = subprocess.run([sys.executable, str(ROOT / "run.py"), "hydra/launcher=slurm", "hydra.launcher.partition=gpu",
+                           "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2", "--cfg", "hydra"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    launcher = yaml.safe_load(proc.stdout)["hydra"]["launcher"]
+    assert launcher["_target_"].endswith("submitit_launcher.SlurmLauncher")
+    assert (launcher["partition"], launcher["timeout_min"], launcher["max_num_timeout"]) == ("gpu", 240, 3)
+    assert launcher["gpus_per_node"] == launcher["tasks_per_node"] == "${trainer.devices}"
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", ["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2"],
+                      return_hydra_config=True)
+    assert [OmegaConf.select(cfg, f"hydra.launcher.{key}") for key in ("gpus_per_node", "tasks_per_node", "nodes")] == [4, 4, 2]
+
+
+def test_a_launcher_whose_plugin_is_missing_is_refused_naming_the_install(monkeypatch):
+    import importlib.util
+
+    from schema import ConfigError
+    from training.checks import check_overrides
+
+    check_overrides(["hydra/launcher=joblib"])  # installed here (the dev extra)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if "launcher" in name else real(name, *a))
+    with pytest.raises(ConfigError, match=r"hydra/launcher=slurm needs Hydra's hydra-submitit-launcher plugin.*"
+                                          r"pip install hydra-submitit-launcher"):
+        check_overrides(["-m", "hydra/launcher=slurm", "seed=0,1"])

@@ -77,6 +77,8 @@ def check_overrides(args: list[str]) -> None:
     for override in parse_overrides(args):
         group = override.key_or_group
         options = group_options(group, repository)
+        if group == "hydra/launcher":
+            check_launcher(override.get_value_element_as_str())
         if group.startswith("hydra") or override.is_delete():
             continue
         if not options and (override.is_add() or override.is_force_add()):
@@ -90,6 +92,20 @@ def check_overrides(args: list[str]) -> None:
         for value in values:
             if value != "null" and value not in options:
                 raise ConfigError(f"{group}={value!r} is not an option; choose one of: {', '.join(options)}")
+
+
+# Hydra launcher options and the plugin each needs (ptlab's conf/hydra/launcher/slurm.yaml builds on submitit's)
+LAUNCHER_PLUGINS = {"joblib": "hydra-joblib-launcher", "slurm": "hydra-submitit-launcher",
+                    "submitit_slurm": "hydra-submitit-launcher", "submitit_local": "hydra-submitit-launcher"}
+
+
+def check_launcher(name: str) -> None:
+    import importlib.util
+
+    package = LAUNCHER_PLUGINS.get(name)
+    if package and importlib.util.find_spec(f"hydra_plugins.{package.replace('-', '_')}") is None:
+        raise ConfigError(f"hydra/launcher={name} needs Hydra's {package} plugin, which is not installed: "
+                          f"pip install {package} (or pip install -e \".[launchers]\")")
 
 
 def build(spec, **kwargs):
@@ -121,6 +137,7 @@ def check_config(cfg, choices: dict, defaults=None) -> object:
     check_model_config(cfg.model, cfg.trainer.accelerator)
     check_export(cfg.export, (cfg.model.get("lora") or {}).get("r", 0))
     check_trainer(cfg)
+    check_generation(cfg, choices)
     sampler = build(cfg.sampler, tokenizer=None, reward_fn=None)
     sources = get_class(cfg.algorithm._target_).sources
     if sampler.source not in sources:
@@ -135,6 +152,28 @@ def check_config(cfg, choices: dict, defaults=None) -> object:
         if not sampler.provides_step_rewards:
             raise ConfigError(f"algorithm.supervision=process needs a sampler that generates, got sampler={choices['sampler']}")
     return build(cfg.algorithm)
+
+
+def check_generation(cfg, choices: dict) -> None:
+    """generation=vllm: vLLM installed (unless a test's fake engine), a plain policy, a sampler that
+    generates from the policy."""
+    if not cfg.generation._target_.endswith("VLLMGenerator"):
+        return
+    import importlib.util
+
+    from models.vllm import ENGINE
+    from training.samplers import OnPolicy, Reference, Stale
+
+    if cfg.generation.get("engine", ENGINE) == ENGINE and importlib.util.find_spec("vllm") is None:
+        raise ConfigError("generation=vllm needs vLLM, which is not installed: pip install vllm (a CUDA machine); "
+                          "generation=hf samples without it")
+    if (cfg.model.get("lora") or {}).get("r", 0):
+        raise ConfigError(f"generation=vllm serves plain weights; model.lora.r={cfg.model.lora.r} is not supported "
+                          "with it yet: use generation=hf, or model.lora.r=0")
+    sampler = get_class(cfg.sampler._target_)
+    if not issubclass(sampler, OnPolicy) or issubclass(sampler, (Reference, Stale)):
+        raise ConfigError(f"generation=vllm samples from the policy; sampler={choices.get('sampler')} does not "
+                          "(use sampler=on_policy or replay, or generation=hf)")
 
 
 def check_trainer(cfg) -> None:

@@ -58,6 +58,7 @@ class HeldOutEvaluation:
         return values
 
     def __call__(self, policy, rows: list[dict]) -> dict[str, torch.Tensor]:
+        self.generator.sync(policy)  # a backend with its own copy of the weights scores the policy as it is
         mine = self.per_prompt(policy, parallel.shard(rows))
         values = {key: parallel.gather_shards(value.float(), len(rows)) for key, value in mine.items()}
         metrics = {key: value.mean() for key, value in values.items()}

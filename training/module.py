@@ -199,6 +199,8 @@ class PostTrainingModule(L.LightningModule):
         if self.max_grad_norm:
             metrics["train/grad_norm"] = grad_norm
         optimizer.step()
+        if self.sampler.generator is not None:
+            self.sampler.generator.on_optimizer_step(self.policy)  # e.g. vLLM's copy of the weights
         if self.lr_schedulers() is not None:
             self.lr_schedulers().step()  # manual optimisation: Lightning leaves the scheduler to us
         self.budget.optimizer_steps += 1
@@ -271,6 +273,8 @@ class PostTrainingModule(L.LightningModule):
             "train/response_length": mask.sum(-1).float().mean().item(),
             "train/zero_spread_groups": (grouped.max(1).values == grouped.min(1).values).float().mean().item(),
         }
+        if self.sampler.generator is not None and self.sampler.generator.reports_staleness:
+            metrics["train/sampler_staleness"] = float(self.sampler.generator.staleness)
         if self.sampler.on_reward_failure is not None:
             metrics["train/reward_failures"] = float(self.sampler.reward_failures)
         if rollout.ref_logprobs is not None:

@@ -96,8 +96,9 @@ class OnPolicy(Sampler):
         rollout = Rollout(prompt_ids, prompt_mask, response_ids, response_mask, rewards.to(device), self.group_size,
                           reward_terms={name: values.to(device) for name, values in terms.items()},
                           prompts=prompts, completions=completions)
-        if with_logprobs:
-            rollout.sampler_logprobs = token_logprobs(model, prompt_ids, prompt_mask, response_ids, response_mask)
+        sampled_by = self.generator.sampling_policy(model)  # not `model` when a backend's weights lag behind it
+        if with_logprobs or sampled_by is not model:
+            rollout.sampler_logprobs = token_logprobs(sampled_by, prompt_ids, prompt_mask, response_ids, response_mask)
         if hasattr(self.reward_fn, "steps"):
             repeated = [row for row in rows for _ in range(self.group_size)]
             rollout.step_rewards, rollout.step_mask = step_reward_tensors(
