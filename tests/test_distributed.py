@@ -147,3 +147,16 @@ def test_a_launcher_whose_plugin_is_missing_is_refused_naming_the_install(monkey
     with pytest.raises(ConfigError, match=r"hydra/launcher=slurm needs Hydra's hydra-submitit-launcher plugin.*"
                                           r"pip install hydra-submitit-launcher"):
         check_overrides(["-m", "hydra/launcher=slurm", "seed=0,1"])
+
+
+def test_a_local_sweep_of_multi_process_jobs_is_refused_and_a_slurm_one_is_not(tmp_path, monkeypatch):
+    """Lightning starts a job's other processes once per Python process: a local sweep of DDP jobs
+    would run its first job only. Each SLURM job is a process of its own."""
+    from schema import ConfigError
+    from training.prelaunch import check_command_line
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"trainer.devices=2 .* in a sweep: .*hydra/launcher=slurm"):
+        check_command_line(["-m", "trainer=ddp", "seed=0,1"])
+    check_command_line(["-m", "trainer=ddp", "hydra/launcher=slurm", "seed=0,1"])
+    check_command_line(["trainer=ddp"])  # one run: Lightning's launcher starts its second process

@@ -71,9 +71,21 @@ def check_job(overrides: list[str], multirun: bool, defaults: dict) -> None:
     if group_overrides not in defaults:
         defaults[group_overrides] = composed(list(group_overrides), hydra_node=False)
     check_config(cfg, choices, defaults[group_overrides])
+    if multirun and processes_per_job(cfg.trainer) > 1 and "submitit" not in cfg.hydra.launcher._target_:
+        raise ConfigError(f"trainer.devices={cfg.trainer.devices} (trainer.num_nodes={cfg.trainer.num_nodes}) in a sweep: "
+                          "Lightning starts a job's other processes once per Python process, so only the first job "
+                          "of a local sweep could run; run the jobs one at a time (a shell loop over python run.py), "
+                          "or each as its own SLURM job (hydra/launcher=slurm)")
     check_writable("hydra.sweep.dir" if multirun else "hydra.run.dir",
                    cfg.hydra.sweep.dir if multirun else cfg.hydra.run.dir)
     check_writable("cache_dir", OmegaConf.select(cfg, "cache_dir"))
+
+
+def processes_per_job(trainer) -> int:
+    """The processes one job's Trainer starts (its devices x nodes; "auto" counts as 1)."""
+    devices = trainer.devices
+    count = len(devices) if not isinstance(devices, (int, str)) else devices if isinstance(devices, int) else 1
+    return count * (trainer.num_nodes if isinstance(trainer.num_nodes, int) else 1)
 
 
 def check_writable(key: str, path) -> None:
