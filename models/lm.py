@@ -22,6 +22,12 @@ def restrict_vocabulary(model, tokenizer, allowed: list[str]) -> None:
     model.generation_config.suppress_tokens = [i for i in range(model.config.vocab_size) if i not in keep]
 
 
+# From this vocabulary size on, log-probs take the fused path (ChosenLogprobs): there the passes over
+# the vocabulary cost a tenth of the update; below it they cost nothing and the generic path keeps
+# the tiny model's results (README) bit for bit (the two paths round differently).
+FUSED_MIN_VOCAB = 1024
+
+
 def token_logprobs(
     model,
     prompt_ids: Tensor,  # (B, P) left-padded
@@ -45,6 +51,10 @@ def token_logprobs(
     if logits.dtype in (torch.float16, torch.bfloat16):
         logits = logits.float()
     suppressed = suppressed_token_ids(model)
+    if logits.shape[-1] >= FUSED_MIN_VOCAB and not suppressed and entropy != "grad":  # see ChosenLogprobs
+        chosen, token_entropy = ChosenLogprobs.apply(logits, response_ids, entropy == "detached")
+        logprobs = torch.where(response_mask.bool(), chosen, torch.zeros_like(chosen))
+        return logprobs if entropy is None else (logprobs, token_entropy * response_mask)
     if suppressed:
         logits = logits.index_fill(-1, torch.tensor(suppressed, device=logits.device), float("-inf"))
     chosen = logits.gather(-1, response_ids.unsqueeze(-1)).squeeze(-1)  # (B, T)
@@ -58,3 +68,30 @@ def token_logprobs(
         finite = source.nan_to_num(neginf=0.0) if suppressed else source  # 0 * -inf would be nan
         token_entropy = norm - torch.linalg.vecdot(probs, finite)  # H = log Z - sum_v p_v * logit_v
     return logprobs, token_entropy * response_mask
+
+
+class ChosenLogprobs(torch.autograd.Function):
+    """log softmax(logits)[ids] and, detached, the softmax's entropy: (..., V), (...) -> (...), (...).
+
+    The same values as logsumexp and gather under autograd, with less traffic over the vocabulary
+    (on SmolLM2, 16 x 64 tokens x 49,152 logits, the generic form spent a quarter of the update
+    there): the forward makes log p in one fused pass and, unless nothing needs it (pi_ref), p in one
+    more, which serves the entropy and is the one tensor kept; the backward is d/dlogits = g * (onehot(ids) - p), one pass, no zero-filled
+    gather gradient. The entropy is a diagnostic here (no gradient); an entropy bonus takes the generic path.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, ids, with_entropy: bool):
+        logp = torch.log_softmax(logits, dim=-1)
+        chosen = logp.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+        probs = logp.exp() if with_entropy or ctx.needs_input_grad[0] else None  # not for pi_ref's log-probs
+        token_entropy = -torch.linalg.vecdot(probs, logp) if with_entropy else torch.zeros_like(chosen)
+        ctx.save_for_backward(probs, ids)
+        ctx.mark_non_differentiable(token_entropy)
+        return chosen, token_entropy
+
+    @staticmethod
+    def backward(ctx, grad, _):
+        probs, ids = ctx.saved_tensors
+        grad_logits = probs * -grad.unsqueeze(-1)
+        return grad_logits.scatter_add_(-1, ids.unsqueeze(-1), grad.unsqueeze(-1)), None, None

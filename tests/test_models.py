@@ -126,3 +126,49 @@ def test_a_repeated_prompt_is_read_once_and_gives_the_same_responses(tokenizer):
         for i in rows:
             n = int(mask[i].sum())
             assert grouped[i, :n].tolist() == alone[0, :n].tolist()
+
+
+def test_chosen_logprobs_match_autograd_through_log_softmax_and_gather():
+    """The fused log-prob (models/lm.py ChosenLogprobs): values, entropy and gradient equal the
+    generic form's, in double precision, on random logits with a random upstream gradient."""
+    from models.lm import ChosenLogprobs
+
+    torch.manual_seed(0)
+    logits = torch.randn(3, 5, 11, dtype=torch.float64, requires_grad=True)
+    ids, upstream = torch.randint(0, 11, (3, 5)), torch.randn(3, 5, dtype=torch.float64)
+    chosen, entropy = ChosenLogprobs.apply(logits, ids, True)
+    (grad,) = torch.autograd.grad((chosen * upstream).sum(), logits)
+    logp = torch.log_softmax(logits, -1)
+    expected = logp.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+    (expected_grad,) = torch.autograd.grad((expected * upstream).sum(), logits)
+    assert torch.allclose(chosen, expected, atol=1e-12) and torch.allclose(grad, expected_grad, atol=1e-12)
+    assert torch.allclose(entropy, -(logp.exp() * logp).sum(-1), atol=1e-12) and not entropy.requires_grad
+    assert torch.autograd.gradcheck(lambda x: ChosenLogprobs.apply(x, ids, False)[0], (logits,))
+
+
+def test_token_logprobs_take_the_same_values_and_gradients_on_the_fused_path(monkeypatch):
+    """A vocabulary of FUSED_MIN_VOCAB tokens or more takes ChosenLogprobs: log-probs, the detached
+    entropy and the weights' gradient equal the generic path's."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    import models.lm as lm
+
+    config = LlamaConfig(vocab_size=lm.FUSED_MIN_VOCAB + 7, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config).double()
+    prompt_ids, response_ids = torch.randint(0, 1031, (4, 3)), torch.randint(0, 1031, (4, 5))
+    prompt_mask, response_mask = torch.tensor([[0, 1, 1]] * 4), torch.tensor([[1] * 5, [1] * 3 + [0] * 2] * 2)
+
+    def run():
+        model.zero_grad()
+        logprobs, entropy = lm.token_logprobs(model, prompt_ids, prompt_mask, response_ids, response_mask, entropy="detached")
+        (logprobs * torch.arange(20, dtype=torch.float64).view(4, 5)).sum().backward()
+        return logprobs.detach(), entropy, [p.grad.clone() for p in model.parameters()]
+
+    fused = run()
+    monkeypatch.setattr(lm, "FUSED_MIN_VOCAB", 10**9)
+    generic = run()
+    assert torch.allclose(fused[0], generic[0], atol=1e-12) and torch.allclose(fused[1], generic[1], atol=1e-12)
+    assert all(torch.allclose(a, b, atol=1e-10) for a, b in zip(fused[2], generic[2]))
+    assert fused[0][1, 3:].abs().sum() == 0  # nothing beyond a response's end

@@ -1,0 +1,30 @@
+"""python -m bench: the arithmetic of its table (the timings themselves are figures, not tests)."""
+import pytest
+
+from bench.throughput import main, summarise, table
+
+
+def record(step, generation=0.5, update=1.0, trained=100, parameters=1000):
+    return {"step": step, "generation": generation, "scoring": 0.01, "reference": 0.2, "update": update,
+            "generated": 50, "trained": trained, "parameters": parameters}
+
+
+def test_medians_ranges_ratios_and_flops_from_the_kept_steps():
+    ours = [{"records": [record(99.0), record(2.0), record(4.0)], "peak": 10.0},
+            {"records": [record(99.0), record(3.0, update=0.5), record(5.0)], "peak": 30.0}]
+    theirs = [{"records": [record(99.0), record(8.0), record(8.0)], "peak": 20.0}]
+    summary = summarise(ours, warmup=1)  # the first step of each worker is left out
+    assert summary["steps"] == 4 and summary["step"] == (3.5, 2.0, 5.0) and summary["peak"] == 20.0
+    assert summary["generated/s"] == (100.0, 100.0, 100.0)
+    assert summary["update GFLOP/s"] == (6 * 1000 * 100 / 1.0 / 1e9, 6e5 / 1e9, 6e5 / 0.5 / 1e9)
+    text = table("tiny", {"ptlab-grpo": summary, "trl": summarise(theirs, warmup=1)})
+    step_row = next(line for line in text.splitlines() if line.startswith("| step |"))
+    assert step_row.endswith("| 0.44 |")  # 3.5 / 8
+    assert "update at ptlab-grpo 0%, trl 0% of the peak" in text
+
+
+def test_bad_arguments_are_refused_before_any_worker_starts():
+    with pytest.raises(SystemExit, match="--configs \\['huge'\\]"):
+        main(["--configs", "huge"])
+    with pytest.raises(SystemExit, match="--warmup=6 leaves no step of --steps=6"):
+        main(["--warmup", "6", "--steps", "6"])
