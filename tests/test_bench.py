@@ -1,7 +1,7 @@
 """python -m bench: the arithmetic of its table (the timings themselves are figures, not tests)."""
 import pytest
 
-from bench.throughput import main, summarise, table
+from bench.throughput import main, spec, summarise, table
 
 
 def record(step, generation=0.5, update=1.0, trained=100, parameters=1000):
@@ -24,7 +24,17 @@ def test_medians_ranges_ratios_and_flops_from_the_kept_steps():
 
 
 def test_bad_arguments_are_refused_before_any_worker_starts():
-    with pytest.raises(SystemExit, match="--configs \\['huge'\\]"):
+    with pytest.raises(SystemExit, match="--configs 'huge' is neither one of tiny6, tiny64, smollm2 nor model:"):
         main(["--configs", "huge"])
+    assert spec("tiny:16x4:128") == ("tiny", 16, 4, 128)
     with pytest.raises(SystemExit, match="--warmup=6 leaves no step of --steps=6"):
         main(["--warmup", "6", "--steps", "6"])
+
+
+def test_the_scaling_table_gives_ratios_to_trl_and_time_per_unit():
+    from bench.throughput import scaling_table
+
+    points = {"tiny:16x2:64": {"ptlab-grpo": {"step": (0.2, 0, 0)}, "trl": {"step": (0.4, 0, 0)}},
+              "tiny:16x4:64": {"ptlab-grpo": {"step": (0.4, 0, 0)}, "trl": {"step": (0.5, 0, 0)}}}
+    rows = scaling_table("group size", points).splitlines()[2:]
+    assert rows == ["| 2 | 0.2 | 0.4 | 0.50 | 100 |", "| 4 | 0.4 | 0.5 | 0.80 | 100 |"]
