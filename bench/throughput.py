@@ -72,7 +72,8 @@ def model_dir(model: str, cache: Path) -> Path:
     return path
 
 
-def prompts(count: int) -> list[dict]:
+def task_and_prompts(count: int) -> tuple:
+    """The chain_sum task (its reward) and its first `count` training rows, in order."""
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
@@ -177,7 +178,7 @@ def run_trl(path: Path, prompt_count: int, group_size: int, max_new_tokens: int,
     from transformers import AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    task, rows = prompts(prompt_count * steps)
+    task, rows = task_and_prompts(prompt_count * steps)
     dataset = Dataset.from_list(rows)
 
     def reward(prompts, completions, **columns):  # TRL passes each dataset column as a list
