@@ -5,6 +5,7 @@
 """
 import logging
 import os
+import signal
 import sys
 import time
 import warnings
@@ -62,9 +63,11 @@ def fit_and_summarise(cfg, choices, algorithm, output_dir: Path, stop, start: fl
 
     logging.getLogger("lightning").handlers.clear()  # Lightning's info goes to run.log, not the console
     quiet_libraries()
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
     from models.export import export_policy
     from training.assemble import build_module, build_trainer
     from training.data import prompt_loader
+    from training.interrupts import Interrupted
 
     hydra_cfg = HydraConfig.get()
     trainer = build_trainer(cfg, sweep_dir=hydra_cfg.sweep.dir if hydra_cfg.mode == RunMode.MULTIRUN else None,
@@ -79,7 +82,10 @@ def fit_and_summarise(cfg, choices, algorithm, output_dir: Path, stop, start: fl
     module.prompt_order = train_loader.batch_sampler  # a resumed run goes on from the prompts it had reached
     try:
         before = trainer.validate(module, val_loader, verbose=False)[0]
-        trainer.fit(module, train_loader, val_loader, ckpt_path=resume, weights_only=True)
+        try:
+            trainer.fit(module, train_loader, val_loader, ckpt_path=resume, weights_only=True)
+        except SIGTERMException as lightning_stop:  # Lightning's own SIGTERM stop (DDP): exit code 0 otherwise
+            raise Interrupted(signal.SIGTERM) from lightning_stop
         step, after = module.last_validation
         if step != trainer.global_step:  # unless fit has just validated the final policy
             after = trainer.validate(module, val_loader, verbose=False)[0]

@@ -8,13 +8,16 @@ import sys
 import time
 from pathlib import Path
 
+import lightning as L
 import pytest
+import torch
 
 import run
 from storage import is_sealed
 from sweeps.report import load_runs
 from tests.conftest import compose_config
 from tests.test_run import ROOT, TINY
+from training.interrupts import Interrupted, StopOnSignal
 from training.outputs import OutputDirectoryTaken, claim
 from training.summary import write_config
 
@@ -42,6 +45,36 @@ def test_a_signal_mid_run_ends_with_its_exit_code_a_checkpoint_and_status_interr
     assert stderr.strip().splitlines()[-1].startswith(f"error: stopped by {signal.Signals(signum).name}")
     # and a report of its directory lists it as a failed job rather than a result
     assert [run.failed for run in load_runs(tmp_path)] == [True]
+
+
+class _Line(L.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.Linear(2, 1)
+
+    def training_step(self, batch, batch_idx):
+        return self.layer(batch).square().mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_a_sigterm_after_the_batch_end_hook_still_stops_at_the_next_step_with_a_checkpoint(tmp_path):
+    """The race CI once lost: SIGTERM landing after StopOnSignal's batch-end hook but before Lightning's
+    own `received_sigterm` check ended the run through Lightning's SIGTERMException (exit code 0, no
+    summary). One process: StopOnSignal owns SIGTERM during training and stops after the next step."""
+    class SignalLate(L.Callback):  # runs after StopOnSignal's hook, as the racing signal did
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if batch_idx == 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    with StopOnSignal(tmp_path) as stop:
+        trainer = L.Trainer(max_steps=10, callbacks=[stop, SignalLate()], logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+        with pytest.raises(Interrupted, match="SIGTERM"):
+            trainer.fit(_Line(), torch.utils.data.DataLoader(torch.randn(40, 2), batch_size=2))
+    assert trainer.global_step == 4 and (tmp_path / "last.ckpt").exists()
+    assert signal.getsignal(signal.SIGTERM) is stop.previous[signal.SIGTERM]  # handlers given back
 
 
 def test_two_runs_started_together_get_two_directories_and_share_one_warm_start(tmp_path):

@@ -2,7 +2,14 @@
 (Ctrl-C) during training lets the current optimiser step finish, writes checkpoints/last.ckpt and
 raises Interrupted; run.py then writes summary.json with `status: interrupted` and exits with
 128 + the signal's number, so neither a shell nor a sweep mistakes it for success. Outside
-training (warm start, validation, export), or at a second signal, it stops at once."""
+training (warm start, validation, export), or at a second signal, it stops at once.
+
+Lightning installs its own SIGTERM handler when fit starts: it sets `trainer.received_sigterm` and its
+loops then raise SIGTERMException (a SystemExit with code 0) at their next check. A signal landing
+between this callback's batch-end hook and Lightning's check would end the run with exit code 0, no
+summary and no checkpoint. In one process StopOnSignal therefore takes SIGTERM back once training
+starts; under DDP Lightning's handler stays (it forwards the signal to the other ranks), and run.py
+turns its exception into Interrupted."""
 import signal
 from pathlib import Path
 
@@ -44,6 +51,8 @@ class StopOnSignal(L.Callback):
 
     def on_train_start(self, trainer, pl_module) -> None:
         self.training = True
+        if trainer.world_size == 1:  # Lightning's handler, installed after __enter__, would race this one
+            signal.signal(signal.SIGTERM, self.handle)
 
     def on_train_end(self, trainer, pl_module) -> None:
         self.training = False
