@@ -1,9 +1,12 @@
 """Batched sampling with a KV cache.
 
 A generation backend maps left-padded prompts to right-padded responses (one per prompt row). This
-one runs the policy in-process with a lean decode loop over a Hugging Face `DynamicCache`:
-  - a row leaves the batch (and the cache) as soon as it has written <eos>, so the long tail of a
-    few rambling responses is decoded at the batch size of those few, not of the whole batch;
+one runs the policy in-process with a lean decode loop over a Hugging Face `DynamicCache` whose
+keys and values sit in buffers of the decode's whole width (`preallocated_cache`: written in place,
+never concatenated):
+  - a row that has written <eos> stops drawing tokens at once and leaves the batch (and the cache)
+    when a quarter of the batch has finished, in one copy, so the long tail of a few rambling
+    responses is decoded at about the batch size of those few, not of the whole batch;
   - a token is drawn by inverting the cumulative distribution with one uniform number per row,
     instead of the exponential draws over the whole vocabulary that `torch.multinomial` makes;
   - the logits come only from the last position (`logits_to_keep=1`), and a prompt repeated for
@@ -80,43 +83,55 @@ class HFGenerator(Generator):
         return sequences[:, prompt_ids.shape[1] :]  # (B, T)
 
     def _decode(self, model, tokenizer, prompt_ids: Tensor, prompt_mask: Tensor, greedy: bool) -> Tensor:
-        from transformers import DynamicCache
-
         batch, device = prompt_ids.shape[0], prompt_ids.device
         suppressed = torch.tensor(suppressed_token_ids(model), dtype=torch.long, device=device)
         responses = torch.full((batch, self.max_new_tokens), tokenizer.pad_token_id, dtype=torch.long, device=device)
-        rows = torch.arange(batch, device=device)  # the rows still writing, in cache order
-        attention = prompt_mask
-        positions = (attention.cumsum(-1) - 1).clamp(min=0)
-        cache = DynamicCache(config=model.config)
+        width = prompt_ids.shape[1] + self.max_new_tokens
+        cache = preallocated_cache(model, width)
         cached = {cache_keyword(model): cache, "use_cache": True}
+        # the attention mask grows in place too: a (B, width) buffer read through a view of its filled columns
+        attention_buffer = prompt_mask.new_ones(batch, width)
+        attention_buffer[:, : prompt_ids.shape[1]] = prompt_mask
+        positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
+        # Cache rows: the response row each holds (`rows`) and whether it is still writing (`alive`).
+        # A row that writes <eos> stays in the batch, its outputs ignored, until the finished rows are a
+        # quarter of it; then the cache is compacted in one copy (instead of one per step with an eos).
+        rows, alive = torch.arange(batch, device=device), torch.ones(batch, dtype=torch.bool, device=device)
         # the prompt is read once per distinct prompt (a group repeats its prompt k times), then shared
         distinct, copies = torch.cat([prompt_ids, prompt_mask], dim=1).unique(dim=0, return_inverse=True)
-        inputs, step_positions = prompt_ids, positions
+        inputs, step_positions, filled = prompt_ids, positions, prompt_ids.shape[1]
         for t in range(self.max_new_tokens):
+            attention = attention_buffer[:, :filled]
             if t == 0 and len(distinct) < batch:
                 first = torch.zeros(len(distinct), dtype=torch.long, device=device).scatter_(0, copies, rows)
-                logits = model(input_ids=prompt_ids[first], attention_mask=prompt_mask[first], position_ids=positions[first],
+                logits = model(input_ids=prompt_ids[first], attention_mask=attention[first], position_ids=positions[first],
                                logits_to_keep=1, **cached).logits[:, -1]
                 cache.batch_select_indices(copies)
                 logits = logits[copies].float()  # (B, V)
             else:
                 logits = model(input_ids=inputs, attention_mask=attention, position_ids=step_positions,
-                               logits_to_keep=1, **cached).logits[:, -1].float()  # (A, V)
+                               logits_to_keep=1, **cached).logits[:, -1].float()  # (cache rows, V)
+            writing = alive.nonzero().squeeze(1)  # cache rows still writing, in row order
+            if len(writing) < len(alive):
+                logits = logits[writing]
             if len(suppressed):
                 logits.index_fill_(-1, suppressed, float("-inf"))
-            token = logits.argmax(-1) if greedy else self._sample(logits)  # (A,)
-            responses[rows, t] = token
-            going = token != tokenizer.eos_token_id
-            if not going.all():
-                keep = going.nonzero().squeeze(1)
-                if len(keep) == 0:
-                    break
+            token = logits.argmax(-1) if greedy else self._sample(logits)  # (A,): one draw per writing row
+            responses[rows[writing], t] = token
+            ended = token == tokenizer.eos_token_id
+            alive[writing[ended]] = False
+            if not alive.any():
+                break
+            step_token = torch.full_like(alive, tokenizer.pad_token_id, dtype=torch.long)
+            step_token[writing] = token
+            if int(alive.sum()) * 4 <= len(alive) * 3:  # a quarter of the cache rows are finished: drop them
+                keep = alive.nonzero().squeeze(1)
                 cache.batch_select_indices(keep)
-                rows, token, attention, step_positions = rows[keep], token[keep], attention[keep], step_positions[keep]
-            attention = torch.cat([attention, attention.new_ones(len(rows), 1)], dim=1)
+                rows, alive, step_token = rows[keep], alive[keep], step_token[keep]
+                attention_buffer, step_positions = attention_buffer[keep], step_positions[keep]
+            filled += 1
             step_positions = step_positions[:, -1:] + 1
-            inputs = token[:, None]
+            inputs = step_token[:, None]
         return responses
 
     def _sample(self, logits: Tensor) -> Tensor:
@@ -129,6 +144,40 @@ class HFGenerator(Generator):
         cumulative = probs.double().cumsum(-1)  # (A, V)
         uniform = torch.rand(len(probs), 1, dtype=torch.float64, device=probs.device) * cumulative[:, -1:]
         return torch.searchsorted(cumulative, uniform, right=True).squeeze(1).clamp(max=probs.shape[-1] - 1)
+
+
+def preallocated_cache(model, width: int):
+    """A DynamicCache of `model`'s layers whose plain (full-attention) layers keep their keys and values
+    in a buffer of the decode's whole `width`, allocated at the first update: a step writes its
+    positions in place and the layer hands out views of the filled columns, so the cache is never
+    copied again (DynamicLayer concatenates, a copy of the whole cache per token and layer). The views
+    hold the same values as DynamicLayer's tensors. Other layer kinds (sliding windows) are left as they are."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    class Layer(DynamicLayer):
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+                shape = (*key_states.shape[:2], width, key_states.shape[-1])
+                self.key_buffer = key_states.new_empty(shape)
+                self.value_buffer = value_states.new_empty(shape)
+                self.filled = 0
+            end = self.filled + key_states.shape[-2]
+            self.key_buffer[:, :, self.filled : end] = key_states
+            self.value_buffer[:, :, self.filled : end] = value_states
+            self.filled = end
+            self.keys, self.values = self.key_buffer[:, :, :end], self.value_buffer[:, :, :end]
+            return self.keys, self.values
+
+        def batch_select_indices(self, indices: torch.Tensor) -> None:
+            if self.is_initialized:
+                self.key_buffer, self.value_buffer = self.key_buffer[indices], self.value_buffer[indices]
+                self.keys, self.values = self.key_buffer[:, :, : self.filled], self.value_buffer[:, :, : self.filled]
+
+    cache = DynamicCache(config=model.config)
+    cache.layers = [Layer() if type(layer) is DynamicLayer else layer for layer in cache.layers]
+    return cache
 
 
 def cache_keyword(model) -> str:

@@ -172,3 +172,42 @@ def test_token_logprobs_take_the_same_values_and_gradients_on_the_fused_path(mon
     assert torch.allclose(fused[0], generic[0], atol=1e-12) and torch.allclose(fused[1], generic[1], atol=1e-12)
     assert all(torch.allclose(a, b, atol=1e-10) for a, b in zip(fused[2], generic[2]))
     assert fused[0][1, 3:].abs().sum() == 0  # nothing beyond a response's end
+
+
+EOS_BIAS = 4.0
+
+
+def test_sampled_decoding_with_rows_ending_early_draws_what_a_cacheless_loop_draws(tokenizer):
+    """The decode keeps finished rows in its preallocated cache until a quarter of them are done, then
+    compacts it: every writing row must still get the token a plain loop (a full forward over the
+    sequence so far, no cache, one uniform per writing row in row order) draws with the same seed."""
+    model = tiny_lm(tokenizer, seed=6).eval()
+    head = torch.nn.Linear(model.config.hidden_size, model.config.vocab_size, dtype=torch.float64)
+    with torch.no_grad():
+        head.weight.copy_(model.lm_head.weight)
+        head.bias.zero_()[tokenizer.eos_token_id] = EOS_BIAS  # eos in reach at every step
+    model.lm_head = head
+    prompts = [p for p in ["1 + 2=", "47 + 38=", "9 - 60=", "5="] for _ in range(8)]
+    prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts)
+    generator = HFGenerator(max_new_tokens=12)
+    torch.manual_seed(1)
+    ours, mask = generator(model, tokenizer, prompt_ids, prompt_mask)
+    torch.manual_seed(1)
+    expected = torch.full_like(ours, tokenizer.pad_token_id)
+    sequence, attention, writing = prompt_ids, prompt_mask, torch.arange(len(prompts))
+    for t in range(12):
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        with torch.no_grad():
+            logits = model(input_ids=sequence, attention_mask=attention, position_ids=positions).logits[writing, -1]
+        token = generator._sample(logits.float())
+        expected[writing, t] = token
+        step = torch.full((len(prompts), 1), tokenizer.pad_token_id)
+        step[writing, 0] = token
+        sequence, attention = torch.cat([sequence, step], 1), torch.cat([attention, torch.ones_like(step)], 1)
+        writing = writing[token != tokenizer.eos_token_id]
+        if not len(writing):
+            break
+    lengths = mask.sum(-1)
+    assert lengths.min() < 6 and lengths.max() == 12 and len(set(lengths.tolist())) > 4  # rows end all along
+    assert torch.equal(ours * mask, expected * mask)
+
