@@ -217,7 +217,7 @@ def comparable(summary: dict) -> dict:
 
 
 @pytest.mark.parametrize("settings", [
-    ["algorithm=gvpo"], ["algorithm=grpo", "sampler=replay"],
+    ["algorithm=gvpo"], pytest.param(["algorithm=grpo", "sampler=replay"], marks=pytest.mark.slow),
     pytest.param(["algorithm=ppo"], marks=pytest.mark.slow),
     pytest.param(["algorithm=rloo", "sampler=stale", "sampler.refresh_every=3"], marks=pytest.mark.slow)])
 def test_kill_9_at_a_random_step_then_rerun_ends_as_the_uninterrupted_run(settings, tmp_path):
