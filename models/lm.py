@@ -43,15 +43,26 @@ def token_logprobs(
     input_ids = torch.cat([prompt_ids, response_ids], dim=1)  # (B, P+T)
     attention_mask = torch.cat([prompt_mask, response_mask], dim=1)
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    response_len = response_ids.shape[1]
-    # logits only where they are read (a Hugging Face model skips the LM head on prompt positions)
+    prompt_len, response_len = prompt_ids.shape[1], response_ids.shape[1]
+    suppressed = suppressed_token_ids(model)
+    config = getattr(model, "config", None)
+    fused = (getattr(config, "vocab_size", 0) >= FUSED_MIN_VOCAB and hasattr(config, "num_hidden_layers")
+             and not suppressed and entropy != "grad")  # see ChosenLogprobs
+    if fused:  # the positions that predict response tokens, gathered before the LM head: one (B*T, H) matrix
+        # multiply and contiguous logits, where a slice of the last T + 1 positions goes through a batched
+        # multiply and is copied again by the log-softmax (SmolLM2, 16 x 71 tokens, same values bit for bit:
+        # no-gradient forward 1.99 / 2.18 s min / median against 2.11 / 2.27 s, with backward 6.33 / 6.79 s
+        # against 6.59 / 6.97 s)
+        keep = torch.arange(prompt_len - 1, prompt_len + response_len - 1, device=input_ids.device)
+    else:  # logits only where they are read (a Hugging Face model skips the LM head on prompt positions)
+        keep = response_len + 1
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
-                   logits_to_keep=response_len + 1).logits
-    logits = logits[:, -(response_len + 1) : -1]  # (B, T, V): position t predicts response token t
+                   logits_to_keep=keep).logits
+    if not fused:
+        logits = logits[:, -(response_len + 1) : -1]  # (B, T, V): position t predicts response token t
     if logits.dtype in (torch.float16, torch.bfloat16):
         logits = logits.float()
-    suppressed = suppressed_token_ids(model)
-    if logits.shape[-1] >= FUSED_MIN_VOCAB and not suppressed and entropy != "grad":  # see ChosenLogprobs
+    if fused:
         chosen, token_entropy = ChosenLogprobs.apply(logits, response_ids, entropy == "detached")
         logprobs = torch.where(response_mask.bool(), chosen, torch.zeros_like(chosen))
         return logprobs if entropy is None else (logprobs, token_entropy * response_mask)
