@@ -8,6 +8,7 @@ get probability 0 both when sampling (Hugging Face `generate` reads the same fie
 policy that samples and the policy that is scored are one distribution (the exact task relies on it).
 """
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -35,11 +36,16 @@ def token_logprobs(
     response_ids: Tensor,  # (B, T) right-padded
     response_mask: Tensor,  # (B, T)
     entropy: str | None = None,
+    buckets: int = 1,
 ):
     """log pi(y[i,t] | x_i, y[i,<t]) at temperature 1, shape (B, T); zero where response_mask is 0.
 
     entropy="detached" or "grad" also returns the entropy of each next-token distribution (B, T),
-    without or with its graph (an entropy bonus needs the graph; a diagnostic does not)."""
+    without or with its graph (an entropy bonus needs the graph; a diagnostic does not).
+    buckets > 1 runs a Hugging Face model on that many buckets of rows of similar response length, each
+    cut to its own longest row (see `in_length_buckets`): the same values up to rounding, less padding."""
+    if buckets > 1 and len(response_ids) > 1 and hasattr(getattr(model, "config", None), "num_hidden_layers"):
+        return in_length_buckets(model, prompt_ids, prompt_mask, response_ids, response_mask, entropy, buckets)
     input_ids = torch.cat([prompt_ids, response_ids], dim=1)  # (B, P+T)
     attention_mask = torch.cat([prompt_mask, response_mask], dim=1)
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
@@ -79,6 +85,36 @@ def token_logprobs(
         finite = source.nan_to_num(neginf=0.0) if suppressed else source  # 0 * -inf would be nan
         token_entropy = norm - torch.linalg.vecdot(probs, finite)  # H = log Z - sum_v p_v * logit_v
     return logprobs, token_entropy * response_mask
+
+
+def in_length_buckets(model, prompt_ids, prompt_mask, response_ids, response_mask, entropy, buckets: int):
+    """`token_logprobs` on `buckets` buckets of rows sorted by response length, each bucket without the
+    columns that are padding in all its rows (prompt columns on the left, response columns on the
+    right), the outputs put back in row order and padded to (B, T). Differentiable: the bucket outputs
+    join the graph through cat, pad and an index, so one backward covers every bucket.
+
+    A batch pads every row to its longest: with responses of 1 to 64 tokens (the untrained tiny
+    model, 16 x 8 rows) 24% of the positions are padding, and each costs as much as a real token in
+    every matrix multiply. Measured here on that batch, 4 buckets: forward+backward 0.65 -> 0.49 s
+    (median of 5), no-gradient forward 0.22 -> 0.18 s; SmolLM2-135M 16 rows x 64 tokens: 7.3 ->
+    5.9 s and 2.70 -> 2.07 s. The log-probs are the same function of the weights; floating-point
+    sums are taken over other shapes and in another order (the weight gradients add the buckets'
+    parts), so values differ from the unbucketed batch's in the last bits (SmolLM2: 6e-6 at most)."""
+    lengths = response_mask.sum(-1)
+    order = lengths.argsort(stable=True)  # shortest first; ties keep row order
+    prompt_len, response_len = prompt_ids.shape[1], response_ids.shape[1]
+    outputs = []
+    for rows in order.chunk(buckets):
+        mask = prompt_mask[rows]
+        start = min(int((mask.sum(0) == 0).cumprod(0).sum()), prompt_len - 1)  # leading all-padding columns
+        end = max(int(lengths[rows].max()), 1)
+        out = token_logprobs(model, prompt_ids[rows, start:], mask[:, start:], response_ids[rows, :end],
+                             response_mask[rows, :end], entropy=entropy)
+        outputs.append(out if entropy else (out,))
+    back = order.argsort()  # sorted position of each row
+    joined = [torch.cat([F.pad(part[i], (0, response_len - part[i].shape[1])) for part in outputs])[back]
+              for i in range(len(outputs[0]))]
+    return tuple(joined) if entropy else joined[0]
 
 
 class ChosenLogprobs(torch.autograd.Function):

@@ -22,10 +22,9 @@ class FrozenReference(nn.Module):
         self.model = copy.deepcopy(policy).eval().requires_grad_(False)
 
     @torch.no_grad()
-    def logprobs(self, rollout):  # -> (B, T)
-        return token_logprobs(
-            self.model, rollout.prompt_ids, rollout.prompt_mask, rollout.response_ids, rollout.response_mask
-        )
+    def logprobs(self, rollout, buckets: int = 1):  # -> (B, T)
+        return token_logprobs(self.model, rollout.prompt_ids, rollout.prompt_mask, rollout.response_ids,
+                              rollout.response_mask, buckets=buckets)
 
     @contextmanager
     def sampling(self):
@@ -53,10 +52,10 @@ class AdapterReference:
             self.policy.train(was_training)
 
     @torch.no_grad()
-    def logprobs(self, rollout):  # -> (B, T)
+    def logprobs(self, rollout, buckets: int = 1):  # -> (B, T)
         with self.sampling() as model:
             return token_logprobs(model, rollout.prompt_ids, rollout.prompt_mask, rollout.response_ids,
-                                  rollout.response_mask)
+                                  rollout.response_mask, buckets=buckets)
 
 
 def reference_for(policy):

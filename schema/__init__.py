@@ -114,6 +114,7 @@ RULES = {
     "module.max_nonfinite_steps": COUNT,
     "module.entropy_coef": number(),
     "module.norm_length": COUNT,
+    "module.length_buckets": COUNT,
     "algorithm.clip_eps": number(0, low_open=True, nullable=True),
     "algorithm.clip_eps_high": number(0, low_open=True, nullable=True),
     "algorithm.gamma": PROBABILITY,

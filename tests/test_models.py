@@ -1,4 +1,5 @@
 """Tokenizer, token log-probs under left padding, batched sampling, the frozen reference."""
+import pytest
 import torch
 
 from models.generation import HFGenerator, response_mask_after_eos
@@ -172,6 +173,42 @@ def test_token_logprobs_take_the_same_values_and_gradients_on_the_fused_path(mon
     assert torch.allclose(fused[0], generic[0], atol=1e-12) and torch.allclose(fused[1], generic[1], atol=1e-12)
     assert all(torch.allclose(a, b, atol=1e-10) for a, b in zip(fused[2], generic[2]))
     assert fused[0][1, 3:].abs().sum() == 0  # nothing beyond a response's end
+
+
+@pytest.mark.parametrize("entropy,fused", [("grad", False), ("detached", True), (None, False)])
+def test_length_buckets_give_the_whole_batch_values_and_gradients_from_fewer_positions(tokenizer, monkeypatch, entropy, fused):
+    """token_logprobs(buckets=3) sorts rows by response length, runs each bucket cut to its longest
+    row and puts the outputs back: log-probs, entropy and the weights' gradient (in float64) equal the
+    one-batch forward's, rows in their places, and the model sees fewer positions than B x (P + T)."""
+    import models.lm as lm
+
+    if fused:  # the ChosenLogprobs path of large vocabularies
+        monkeypatch.setattr(lm, "FUSED_MIN_VOCAB", 0)
+    model = tiny_lm(tokenizer, seed=3)
+    prompt_ids, prompt_mask = encode_prompts(tokenizer, ["1 + 2=", "47 + 38=", "5=", "12 + 3 + 4=", "9 + 9=", "1="])
+    responses = ["12345678", "3", "", "55", "1234", "9876543"]  # lengths 9, 2, 1, 3, 5, 8 with <eos>
+    response_ids, response_mask = encode_responses(tokenizer, responses)
+    upstream = torch.randn(response_mask.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    positions = []
+    model.register_forward_pre_hook(lambda module, args, kwargs: positions.append(kwargs["input_ids"].numel()),
+                                    with_kwargs=True)
+
+    def run(buckets):
+        model.zero_grad()
+        positions.clear()
+        out = lm.token_logprobs(model, prompt_ids, prompt_mask, response_ids, response_mask, entropy=entropy, buckets=buckets)
+        logprobs, token_entropy = out if entropy else (out, torch.zeros(()))
+        loss = (logprobs * upstream).sum() + (token_entropy.sum() if entropy == "grad" else 0)
+        loss.backward()
+        return logprobs.detach(), token_entropy.detach(), [p.grad.clone() for p in model.parameters()], list(positions)
+
+    whole, bucketed = run(1), run(3)
+    assert whole[3] == [response_mask.numel() + prompt_mask.numel()]
+    assert len(bucketed[3]) == 3 and sum(bucketed[3]) < whole[3][0] * 0.75
+    assert bucketed[0].shape == whole[0].shape and torch.allclose(bucketed[0], whole[0], atol=1e-12)
+    assert torch.allclose(bucketed[1], whole[1], atol=1e-12)
+    assert all(torch.allclose(a, b, atol=1e-10) for a, b in zip(bucketed[2], whole[2]))
+    assert bucketed[0][1, 2:].abs().sum() == 0 and bucketed[0][1, :2].abs().min() > 0  # row 1 is 2 tokens, in place
 
 
 EOS_BIAS = 4.0

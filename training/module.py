@@ -16,6 +16,7 @@ import random
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 
 import lightning as L
 import numpy as np
@@ -88,13 +89,14 @@ class PostTrainingModule(L.LightningModule):
     def __init__(self, policy, tokenizer, algorithm, sampler, reference, optimizer, evaluator=None, scheduler=None,
                  update_epochs: int = 1, minibatches: int = 1, max_grad_norm: float | None = 1.0,
                  entropy_coef: float = 0.0, kl_diagnostic: bool = True, norm_length: int | None = None,
-                 critic=None, accumulate_grad_batches: int = 1, max_nonfinite_steps: int = 3):
+                 critic=None, accumulate_grad_batches: int = 1, max_nonfinite_steps: int = 3, length_buckets: int = 1):
         super().__init__()
         self.automatic_optimization = False
         self.policy, self.reference = policy.train(), reference  # reference may be None (e.g. SFT)
         self.tokenizer, self.algorithm, self.sampler = tokenizer, algorithm, sampler
         self.extras = nn.ModuleDict(algorithm.setup(critic))  # e.g. PPO's critic, trained alongside
         self.accumulate_grad_batches = accumulate_grad_batches  # micro-batches per optimiser step
+        self.length_buckets = length_buckets  # forwards on buckets of rows of similar length (models/lm.py)
         self.optimizer_factory, self.scheduler_factory, self.evaluator = optimizer, scheduler, evaluator
         self.update_epochs, self.minibatches, self.max_grad_norm = update_epochs, minibatches, max_grad_norm
         self.entropy_coef, self.kl_diagnostic = entropy_coef, kl_diagnostic and reference is not None
@@ -125,7 +127,7 @@ class PostTrainingModule(L.LightningModule):
 
     def policy_logprobs(self, rollout: Rollout, entropy: str | None = None):  # (B, T), with grad
         return token_logprobs(self.policy, rollout.prompt_ids, rollout.prompt_mask, rollout.response_ids,
-                              rollout.response_mask, entropy=entropy)
+                              rollout.response_mask, entropy=entropy, buckets=self.length_buckets)
 
     def training_step(self, rows: list[dict], batch_idx: int) -> None:
         clock = time.perf_counter()
@@ -139,7 +141,8 @@ class PostTrainingModule(L.LightningModule):
             return self.stop_if_never_finite(made_a_step=False)
         clock = time.perf_counter()
         if (self.algorithm.needs_reference or self.kl_diagnostic) and rollout.ref_logprobs is None:
-            rollout.ref_logprobs = self._in_parts(self.reference.logprobs, rollout)  # unless pi_ref itself sampled it
+            reference_logprobs = partial(self.reference.logprobs, buckets=self.length_buckets)
+            rollout.ref_logprobs = self._in_parts(reference_logprobs, rollout)  # unless pi_ref itself sampled it
         self.budget.reference_seconds += time.perf_counter() - clock
         clock = time.perf_counter()
         single_update = self.update_epochs * self.minibatches == 1
