@@ -57,22 +57,27 @@ class HFGenerator(Generator):
     temperature: float = 1.0
     top_p: float = 1.0
 
-    @torch.no_grad()
     def __call__(self, model, tokenizer, prompt_ids: Tensor, prompt_mask: Tensor, greedy: bool = False):
         """Return (response_ids (B, T), response_mask (B, T)); one response per prompt row.
 
         The mask covers the response up to and including its first <eos>; a response that hits
         max_new_tokens without <eos> keeps all its tokens (truncated).
+
+        Runs under inference mode (no autograd bookkeeping at all: the tiny decode 16 x 8 at 64
+        tokens, 0.390 / 0.403 s min / median against 0.410 / 0.435 s under no_grad, same tokens);
+        the ids are cloned out of it, since training's forward saves them for its backward.
         """
         was_training = model.training
         model.eval()
         try:
-            if hasattr(getattr(model, "config", None), "num_hidden_layers"):  # a Hugging Face LM: KV cache
-                response_ids = self._decode(model, tokenizer, prompt_ids, prompt_mask, greedy)
-            else:
-                response_ids = self._generate(model, tokenizer, prompt_ids, prompt_mask, greedy)
+            with torch.inference_mode():
+                if hasattr(getattr(model, "config", None), "num_hidden_layers"):  # a Hugging Face LM: KV cache
+                    response_ids = self._decode(model, tokenizer, prompt_ids, prompt_mask, greedy)
+                else:
+                    response_ids = self._generate(model, tokenizer, prompt_ids, prompt_mask, greedy)
         finally:
             model.train(was_training)
+        response_ids = response_ids.clone()  # a normal tensor
         return response_ids, response_mask_after_eos(response_ids, tokenizer.eos_token_id)
 
     def _generate(self, model, tokenizer, prompt_ids: Tensor, prompt_mask: Tensor, greedy: bool) -> Tensor:

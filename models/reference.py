@@ -21,10 +21,11 @@ class FrozenReference(nn.Module):
         super().__init__()
         self.model = copy.deepcopy(policy).eval().requires_grad_(False)
 
-    @torch.no_grad()
     def logprobs(self, rollout, buckets: int = 1):  # -> (B, T)
-        return token_logprobs(self.model, rollout.prompt_ids, rollout.prompt_mask, rollout.response_ids,
-                              rollout.response_mask, buckets=buckets)
+        with torch.inference_mode():  # no autograd bookkeeping
+            logprobs = token_logprobs(self.model, rollout.prompt_ids, rollout.prompt_mask, rollout.response_ids,
+                                      rollout.response_mask, buckets=buckets)
+        return logprobs.clone()  # cloned outside inference mode: a normal tensor, safe anywhere in autograd
 
     @contextmanager
     def sampling(self):
@@ -51,11 +52,11 @@ class AdapterReference:
         finally:
             self.policy.train(was_training)
 
-    @torch.no_grad()
     def logprobs(self, rollout, buckets: int = 1):  # -> (B, T)
-        with self.sampling() as model:
-            return token_logprobs(model, rollout.prompt_ids, rollout.prompt_mask, rollout.response_ids,
-                                  rollout.response_mask, buckets=buckets)
+        with self.sampling() as model, torch.inference_mode():
+            logprobs = token_logprobs(model, rollout.prompt_ids, rollout.prompt_mask, rollout.response_ids,
+                                      rollout.response_mask, buckets=buckets)
+        return logprobs.clone()  # a normal tensor
 
 
 def reference_for(policy):
