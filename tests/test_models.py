@@ -211,6 +211,19 @@ def test_length_buckets_give_the_whole_batch_values_and_gradients_from_fewer_pos
     assert bucketed[0][1, 2:].abs().sum() == 0 and bucketed[0][1, :2].abs().min() > 0  # row 1 is 2 tokens, in place
 
 
+def test_fewest_buckets_stops_splitting_where_a_split_saves_no_padding():
+    """Rows sorted by response length; a bucket costs its rows x (longest prompt + longest response)."""
+    from models.lm import fewest_buckets
+
+    prompts = torch.full((8,), 2)
+    # 4 buckets: 2*(2+1) + 2*(2+1) + 2*(2+8) + 2*(2+8) = 52 positions; 2 buckets: 4*3 + 4*10 = 52; 1: 8*10 = 80
+    assert fewest_buckets(prompts, torch.tensor([1, 1, 1, 1, 8, 8, 8, 8]), most=4) == 2
+    # 4 buckets: 2*3 + 2*4 + 2*6 + 2*10 = 46; 3 buckets (3, 3, 2 rows): 3*4 + 3*6 + 2*10 = 50; 2: 4*4 + 4*10 = 56
+    assert fewest_buckets(prompts, torch.tensor([1, 1, 2, 2, 4, 4, 8, 8]), most=4) == 4  # 50 > 1.05 * 46
+    assert fewest_buckets(prompts, torch.tensor([1, 1, 2, 2, 4, 4, 8, 8]), most=4, slack=0.1) == 3  # 50 <= 50.6
+    assert fewest_buckets(prompts, torch.full((8,), 6), most=4) == 1  # equal lengths: one batch
+
+
 EOS_BIAS = 4.0
 
 
