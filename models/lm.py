@@ -125,7 +125,8 @@ def fewest_buckets(prompt_lengths: Tensor, response_lengths: Tensor, most: int, 
     """The fewest equal-count buckets of these rows (sorted by response length) whose positions, each
     bucket padded to its longest prompt and response, are within `slack` of `most` buckets' positions.
     Every bucket is one more forward (and backward) of the whole model, whose fixed cost dominates
-    short responses: on the tiny model at 6 new tokens, 4 buckets took as long as one batch."""
+    short responses: on the tiny model at 6 new tokens, 4 buckets saved nothing (bench update 0.14 s
+    against 0.13 s with one batch)."""
     def positions(count: int) -> int:
         return sum(len(p) * int(p.max() + r.max()) for p, r in zip(prompt_lengths.chunk(count), response_lengths.chunk(count)))
 
