@@ -72,9 +72,11 @@ def build_base(model_cfg, path: str | None = None):
     return from_pretrained(path) if path else instantiate(builder_config(model_cfg))
 
 
-def prepare_policy(model, dtype: str = "float32", gradient_checkpointing: bool = False, lora=None):
+def prepare_policy(model, dtype: str = "float32", gradient_checkpointing: bool = False, lora=None, onednn: bool = False):
     """The trainable policy: the model in `dtype`, with gradient checkpointing, and with LoRA
-    adapters (peft) when lora.r > 0, in which case only the adapters are trainable."""
+    adapters (peft) when lora.r > 0, in which case only the adapters are trainable. `onednn`: its
+    forwards without autograd (sampling, pi_ref, no-gradient log-probs) run its linear layers
+    through oneDNN with reordered weights (models/onednn.py)."""
     model = model.to(DTYPES[dtype])
     if gradient_checkpointing:
         if not getattr(model, "supports_gradient_checkpointing", False):
@@ -82,6 +84,7 @@ def prepare_policy(model, dtype: str = "float32", gradient_checkpointing: bool =
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if lora and lora.get("r", 0) > 0:
         model = add_lora(model, **lora)
+    model.onednn_inference = onednn  # read by models/onednn.py; a frozen reference's copy inherits it
     return model
 
 

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from models.lm import suppressed_token_ids
+from models.onednn import onednn_linears
 
 
 class Generator:
@@ -70,7 +71,7 @@ class HFGenerator(Generator):
         was_training = model.training
         model.eval()
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), onednn_linears(model):
                 if hasattr(getattr(model, "config", None), "num_hidden_layers"):  # a Hugging Face LM: KV cache
                     response_ids = self._decode(model, tokenizer, prompt_ids, prompt_mask, greedy)
                 else:

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from models.onednn import onednn_linears
+
 
 def suppressed_token_ids(model) -> list[int]:
     config = getattr(model, "generation_config", None)
@@ -43,7 +45,15 @@ def token_logprobs(
     entropy="detached" or "grad" also returns the entropy of each next-token distribution (B, T),
     without or with its graph (an entropy bonus needs the graph; a diagnostic does not).
     buckets > 1 runs a Hugging Face model on that many buckets of rows of similar response length, each
-    cut to its own longest row (see `in_length_buckets`): the same values up to rounding, less padding."""
+    cut to its own longest row (see `in_length_buckets`): the same values up to rounding, less padding.
+    Without autograd, a model that asks for it runs its linear layers through oneDNN (models/onednn.py)."""
+    if not torch.is_grad_enabled():
+        with onednn_linears(model):  # a no-op inside an enclosing context (pi_ref's, which keeps its weights)
+            return _token_logprobs(model, prompt_ids, prompt_mask, response_ids, response_mask, entropy, buckets)
+    return _token_logprobs(model, prompt_ids, prompt_mask, response_ids, response_mask, entropy, buckets)
+
+
+def _token_logprobs(model, prompt_ids, prompt_mask, response_ids, response_mask, entropy, buckets):
     if buckets > 1 and len(response_ids) > 1 and hasattr(getattr(model, "config", None), "num_hidden_layers"):
         return in_length_buckets(model, prompt_ids, prompt_mask, response_ids, response_mask, entropy, buckets)
     input_ids = torch.cat([prompt_ids, response_ids], dim=1)  # (B, P+T)

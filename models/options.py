@@ -4,7 +4,7 @@ import torch
 
 from schema import ConfigError
 
-POLICY_OPTIONS = ("dtype", "gradient_checkpointing", "lora")
+POLICY_OPTIONS = ("dtype", "gradient_checkpointing", "lora", "onednn")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 EXPORTS = ("merged", "adapter", "none")
 

@@ -14,22 +14,25 @@ from torch import nn
 
 from models.build import is_lora
 from models.lm import token_logprobs
+from models.onednn import onednn_linears
 
 
 class FrozenReference(nn.Module):
     def __init__(self, policy: nn.Module):
         super().__init__()
         self.model = copy.deepcopy(policy).eval().requires_grad_(False)
+        self.onednn_weights = {}  # reordered once: these weights never change (models/onednn.py)
 
     def logprobs(self, rollout, buckets: int = 1):  # -> (B, T)
-        with torch.inference_mode():  # no autograd bookkeeping
+        with torch.inference_mode(), onednn_linears(self.model, self.onednn_weights):  # no autograd bookkeeping
             logprobs = token_logprobs(self.model, rollout.prompt_ids, rollout.prompt_mask, rollout.response_ids,
                                       rollout.response_mask, buckets=buckets)
         return logprobs.clone()  # cloned outside inference mode: a normal tensor, safe anywhere in autograd
 
     @contextmanager
     def sampling(self):
-        yield self.model
+        with onednn_linears(self.model, self.onednn_weights):
+            yield self.model
 
     def train(self, mode: bool = True):  # stays in eval mode whatever Lightning asks
         return super().train(False)
