@@ -1,12 +1,12 @@
 """Inference forwards of a model's linear layers through oneDNN, with weights reordered once.
 
-PyTorch's CPU `F.linear` calls MKL's sgemm, which repacks the weight matrix into its blocked layout
-on every call. A decode step multiplies a few rows by every weight of the model, so the repacking
-is most of the work: on this kind of machine (2 cores, AVX-512) SmolLM2-135M at 16 rows spent 82%
+PyTorch's CPU `F.linear` calls MKL's sgemm, which packs the weight matrix into its blocked layout
+on every call, as GEMM libraries do. A decode step multiplies a few rows by every weight of the model, so the repacking
+is most of the work: on this kind of machine (2 cores, AVX-512) SmolLM2-135M at 16 rows spent 81%
 of its decode in `aten::mm`, 0.44 ms for a 576 x 1536 weight and 25 ms for the 49,152-row LM head,
 where oneDNN with the weight reordered ahead of time (`torch.ops.mkldnn._reorder_linear_weight`,
-then `_linear_pointwise`, the ops torch.compile's CPU backend uses for the same purpose) takes
-0.22 ms and 6.5 ms. At training's shapes (1,152 rows) it is 10-20% faster as well.
+then `_linear_pointwise`, ops torch.compile's CPU backend also uses) takes
+0.22 ms and 6.5 ms (weights cold). At 1,152 rows (a pi_ref forward) it is 10-14% faster.
 
 `onednn_linears(model)` is a context in which every `nn.Linear` of `model` (peft's LoRA layers wrap
 plain ones, which are included) runs that way whenever no gradient is being recorded; with
