@@ -8,8 +8,10 @@ where oneDNN with the weight reordered ahead of time (`torch.ops.mkldnn._reorder
 then `_linear_pointwise`, ops torch.compile's CPU backend also uses) takes
 0.22 ms and 6.5 ms (weights cold). At 1,152 rows (a pi_ref forward) it is 10-14% faster.
 
-`onednn_linears(model)` is a context in which every `nn.Linear` of `model` (peft's LoRA layers wrap
-plain ones, which are included) runs that way whenever no gradient is being recorded; with
+`onednn_linears(model)` is a context in which every `nn.Linear` of `model` runs that way whenever
+no gradient is being recorded, and a peft LoRA layer with its adapters on runs as one such layer
+whose weight is W + B A * scaling (formed once per context: SmolLM2 with rank-16 adapters on every
+layer, 16 rows x 64 tokens, decodes in 4.04 s against 5.53 s through peft's two extra multiplies); with
 autograd on, under autocast, or for inputs of another dtype the layer runs its own forward. The
 weights are reordered lazily, once per context, and dropped at its end, because a policy's weights
 change between contexts without a trace (fused AdamW updates them in place without bumping their
@@ -43,25 +45,64 @@ def enabled(model) -> bool:
 def onednn_linears(model, store: dict | None = None):
     """Run `model`'s linear layers through oneDNN without autograd while the context is open (a no-op
     unless `enabled(model)`). `store`: reordered weights kept across contexts, for weights that only
-    change by a visible write (see the module docstring)."""
-    layers = [layer for layer in model.modules() if type(layer) is nn.Linear and "forward" not in vars(layer)
-              and layer.weight.device.type == "cpu" and layer.weight.dtype in DTYPES] if enabled(model) else []
+    change by a visible write (see the module docstring). A peft LoRA layer runs as one linear layer
+    whose weight is its base weight plus its adapters' B A * scaling, formed once per context."""
+    layers, lora_layers = [], []
+    if enabled(model):
+        layers = [layer for layer in model.modules() if type(layer) is nn.Linear and "forward" not in vars(layer)
+                  and layer.weight.device.type == "cpu" and layer.weight.dtype in DTYPES]
+        lora_type = _lora_linear()
+        lora_layers = [layer for layer in model.modules() if type(layer) is lora_type and "forward" not in vars(layer)]
     store = {} if store is None else store
+    merged = {}  # adapters change with every step: never kept past the context
     for layer in layers:
         layer.forward = partial(_forward, layer, store)
+    for layer in lora_layers:
+        layer.forward = partial(_lora_forward, layer, merged)
     try:
         yield model
     finally:
-        for layer in layers:
+        for layer in layers + lora_layers:
             del layer.forward
+
+
+def _runs_plain(weight: Tensor, x: Tensor) -> bool:
+    return (torch.is_grad_enabled() or x.dtype != weight.dtype or weight.device.type != "cpu"
+            or weight.dtype not in DTYPES or torch.is_autocast_enabled("cpu"))
 
 
 def _forward(layer: nn.Linear, store: dict, x: Tensor) -> Tensor:
     weight = layer.weight
-    if torch.is_grad_enabled() or x.dtype != weight.dtype or torch.is_autocast_enabled("cpu"):
+    if _runs_plain(weight, x):
         return F.linear(x, weight, layer.bias)
     stamp = (weight.data_ptr(), 0 if weight.is_inference() else weight._version)
     kept = store.get(id(weight))
     if kept is None or kept[0] != stamp:
         kept = store[id(weight)] = (stamp, torch.ops.mkldnn._reorder_linear_weight(weight.detach()))
     return torch.ops.mkldnn._linear_pointwise(x, kept[1], layer.bias, "none", [], "")
+
+
+def _lora_linear():
+    try:
+        from peft.tuners.lora.layer import Linear
+    except ImportError:
+        return None
+    return Linear
+
+
+def _lora_forward(layer, merged: dict, x: Tensor, *args, **kwargs) -> Tensor:
+    """A LoRA layer as one multiply by W + sum of its active adapters' delta weights (plain LoRA,
+    no dropout in effect); anything else (adapters off or merged, variants such as DoRA, autograd,
+    mixed-adapter batches) takes peft's own forward, whose base layer is itself patched."""
+    base = layer.base_layer
+    adapters = [name for name in layer.active_adapters if name in layer.lora_A]
+    if (args or kwargs or layer.disable_adapters or layer.merged or layer.lora_variant or type(base) is not nn.Linear
+            or _runs_plain(base.weight, x) or any(layer.lora_A[name].weight.dtype != base.weight.dtype for name in adapters)
+            or (layer.training and not all(isinstance(layer.lora_dropout[name], nn.Identity) for name in adapters))):
+        return type(layer).forward(layer, x, *args, **kwargs)
+    if id(layer) not in merged:
+        weight = base.weight.detach()
+        for name in adapters:
+            weight = weight + layer.get_delta_weight(name)
+        merged[id(layer)] = torch.ops.mkldnn._reorder_linear_weight(weight)
+    return torch.ops.mkldnn._linear_pointwise(x, merged[id(layer)], base.bias, "none", [], "")

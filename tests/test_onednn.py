@@ -98,6 +98,7 @@ def test_the_frozen_reference_keeps_its_reordered_weights_until_a_visible_write(
 
 
 def test_lora_policy_and_its_adapter_reference_run_through_onednn(tokenizer):
+    """Adapters on: their delta weights folded into one reordered weight; off (pi_ref): the base layers."""
     model = add_lora(tiny_lm(tokenizer).float(), r=4)
     for name, parameter in model.named_parameters():
         if "lora_B" in name:  # nonzero, so the adapters change the log-probs
@@ -106,7 +107,11 @@ def test_lora_policy_and_its_adapter_reference_run_through_onednn(tokenizer):
     prompt_ids, prompt_mask, response_ids, response_mask = batch(tokenizer)
     rollout = type("Rollout", (), dict(prompt_ids=prompt_ids, prompt_mask=prompt_mask, response_ids=response_ids,
                                        response_mask=response_mask))
-    with torch.no_grad():
+    from peft.tuners.lora.layer import Linear as LoraLinear
+
+    lora_layers = [m for m in model.modules() if type(m) is LoraLinear]
+    with torch.no_grad(), onednn_linears(model):  # each LoRA layer one multiply by W + B A * scaling
+        assert lora_layers and all("forward" in vars(m) for m in lora_layers)
         ours = token_logprobs(model, prompt_ids, prompt_mask, response_ids, response_mask)
     reference = AdapterReference(model).logprobs(rollout)
     model.onednn_inference = False
