@@ -1,23 +1,24 @@
 """Inference forwards of a model's linear layers through oneDNN, with weights reordered once.
 
 PyTorch's CPU `F.linear` calls MKL's sgemm, which packs the weight matrix into its blocked layout
-on every call, as GEMM libraries do. A decode step multiplies a few rows by every weight of the model, so the repacking
-is most of the work: on this kind of machine (2 cores, AVX-512) SmolLM2-135M at 16 rows spent 81%
-of its decode in `aten::mm`, 0.44 ms for a 576 x 1536 weight and 25 ms for the 49,152-row LM head,
-where oneDNN with the weight reordered ahead of time (`torch.ops.mkldnn._reorder_linear_weight`,
-then `_linear_pointwise`, ops torch.compile's CPU backend also uses) takes
-0.22 ms and 6.5 ms (weights cold). At 1,152 rows (a pi_ref forward) it is 10-14% faster.
+on every call, as GEMM libraries do. A decode step multiplies a few rows by every weight of the
+model, so the packing is most of the work: on this kind of machine (2 cores, AVX-512)
+SmolLM2-135M at 16 rows spent 81% of its decode in `aten::mm`, 0.44 ms for a 576 x 1536 weight
+and 25 ms for the 49,152-row LM head, where oneDNN with the weight reordered ahead of time
+(`torch.ops.mkldnn._reorder_linear_weight`, then `_linear_pointwise`, ops torch.compile's CPU
+backend also uses) takes 0.22 ms and 6.5 ms (weights cold). At 1,152 rows (a pi_ref forward) it is
+10-14% faster.
 
 `onednn_linears(model)` is a context in which every `nn.Linear` of `model` runs that way whenever
 no gradient is being recorded, and a peft LoRA layer with its adapters on runs as one such layer
-whose weight is W + B A * scaling (formed once per context: SmolLM2 with rank-16 adapters on every
-layer, 16 rows x 64 tokens, decodes in 4.04 s against 5.53 s through peft's two extra multiplies); with
-autograd on, under autocast, or for inputs of another dtype the layer runs its own forward. The
-weights are reordered lazily, once per context, and dropped at its end, because a policy's weights
-change between contexts without a trace (fused AdamW updates them in place without bumping their
-version counters); a `store` dict passed by an owner whose weights never change (the frozen
-reference) keeps them from one context to the next, checked against the weight's storage and
-version counter (loading a checkpoint bumps it).
+whose weight is W + B A * scaling, formed once per context (SmolLM2 with rank-16 adapters on every
+layer, 16 rows x 64 tokens: 4.04 s a decode against 5.53 s through peft's two extra multiplies per
+layer). With autograd on, under autocast, or for inputs of another dtype or device, a layer runs
+its own forward. The weights are reordered lazily, once per context, and dropped at its end,
+because a policy's weights change between contexts without a trace (fused AdamW updates them in
+place without bumping their version counters); a `store` dict passed by an owner whose weights
+never change (the frozen reference) keeps them from one context to the next, checked against the
+weight's storage and version counter (loading a checkpoint bumps it).
 
 The products are the same up to rounding, not bit for bit (the sums run in another order): a
 trajectory sampled this way differs from one sampled with `F.linear` as runs on two processors
@@ -49,8 +50,7 @@ def onednn_linears(model, store: dict | None = None):
     whose weight is its base weight plus its adapters' B A * scaling, formed once per context."""
     layers, lora_layers = [], []
     if enabled(model):
-        layers = [layer for layer in model.modules() if type(layer) is nn.Linear and "forward" not in vars(layer)
-                  and layer.weight.device.type == "cpu" and layer.weight.dtype in DTYPES]
+        layers = [layer for layer in model.modules() if type(layer) is nn.Linear and "forward" not in vars(layer)]
         lora_type = _lora_linear()
         lora_layers = [layer for layer in model.modules() if type(layer) is lora_type and "forward" not in vars(layer)]
     store = {} if store is None else store
