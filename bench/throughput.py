@@ -15,9 +15,10 @@ responses run to max_new_tokens in both frameworks, as long reasoning does); Smo
 is the GGUF package's model.
 
 Per step: whole step, generation, scoring, policy forward+backward (with the optimiser step),
-reference forward; tokens generated and trained per second; the update's GFLOP/s, counted as
-6 x parameters per trained token (prompt and response tokens of the forward), against a matmul
-peak measured by each worker (fp32 2048^2 matmuls on the same threads). Phases are timed by wrapping
+reference forward; tokens generated and trained (prompt and response tokens scored) per second;
+the update's GFLOP/s, counted as 6 x parameters per token the forward runs (ptlab runs a prompt its
+group repeats once, TRL every row's copy), against a matmul peak measured by each worker (fp32
+2048^2 matmuls on the same threads). Phases are timed by wrapping
 each framework's own functions (ptlab: the generator, the reward scorer, and its budget/ clock;
 TRL: `_generate_single_turn`, `_calculate_rewards`, `_get_per_token_logps_and_entropies` with the
 reference model, and `training_step` minus its generation-and-scoring part).
@@ -124,6 +125,17 @@ def trained_tokens(prompt_mask, response_mask) -> int:
     return int(prompt_mask.sum() + response_mask.sum())
 
 
+def forwarded_tokens(model, prompt_ids, prompt_mask, response_mask) -> int:
+    """The tokens ptlab's update runs through the model: as `trained_tokens`, but a prompt its group
+    repeats counts once where ptlab reads it once (models/lm.py: shared_prompt_logprobs)."""
+    from models.lm import shares_prompts
+
+    if not shares_prompts(model, prompt_ids, prompt_mask):
+        return trained_tokens(prompt_mask, response_mask)
+    distinct = torch.cat([prompt_ids, prompt_mask], dim=1).unique(dim=0)[:, prompt_ids.shape[1] :]
+    return int(distinct.sum() + response_mask.sum())
+
+
 def run_ptlab(algorithm: str, path: Path, prompt_count: int, group_size: int, max_new_tokens: int, steps: int) -> list[dict]:
     import lightning as L
     from hydra import compose, initialize_config_dir
@@ -164,7 +176,9 @@ def run_ptlab(algorithm: str, path: Path, prompt_count: int, group_size: int, ma
                             "reference": budget["reference_seconds"] - self.budget["reference_seconds"],
                             "update": budget["update_seconds"] - self.budget["update_seconds"],
                             "generated": int(rollout.response_mask.sum()),
-                            "trained": trained_tokens(rollout.prompt_mask, rollout.response_mask), "parameters": parameters})
+                            "trained": trained_tokens(rollout.prompt_mask, rollout.response_mask),
+                            "forwarded": forwarded_tokens(pl_module.policy, rollout.prompt_ids, rollout.prompt_mask,
+                                                          rollout.response_mask), "parameters": parameters})
 
     trainer = L.Trainer(max_steps=steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, callbacks=[Steps()], limit_val_batches=0)
@@ -255,7 +269,8 @@ def summarise(results: list[dict], warmup: int) -> dict:
     values = {phase: [record[phase] for record in records] for phase in PHASES}
     values["generated/s"] = [record["generated"] / record["generation"] for record in records if record["generation"]]
     values["trained/s"] = [record["trained"] / record["update"] for record in records]
-    values["update GFLOP/s"] = [6 * record["parameters"] * record["trained"] / record["update"] / 1e9 for record in records]
+    values["update GFLOP/s"] = [6 * record["parameters"] * record.get("forwarded", record["trained"]) / record["update"] / 1e9
+                                for record in records]
     return {"steps": len(records), "peak": peak, **{key: (statistics.median(v), min(v), max(v)) for key, v in values.items() if v}}
 
 

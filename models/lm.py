@@ -54,16 +54,15 @@ def token_logprobs(
 
 
 def _token_logprobs(model, prompt_ids, prompt_mask, response_ids, response_mask, entropy, buckets):
+    if shares_prompts(model, prompt_ids, prompt_mask):
+        return shared_prompt_logprobs(model, prompt_ids, prompt_mask, response_ids, response_mask, entropy, buckets)
     if buckets > 1 and len(response_ids) > 1 and hasattr(getattr(model, "config", None), "num_hidden_layers"):
         return in_length_buckets(model, prompt_ids, prompt_mask, response_ids, response_mask, entropy, buckets)
     input_ids = torch.cat([prompt_ids, response_ids], dim=1)  # (B, P+T)
     attention_mask = torch.cat([prompt_mask, response_mask], dim=1)
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     prompt_len, response_len = prompt_ids.shape[1], response_ids.shape[1]
-    suppressed = suppressed_token_ids(model)
-    config = getattr(model, "config", None)
-    fused = (getattr(config, "vocab_size", 0) >= FUSED_MIN_VOCAB and hasattr(config, "num_hidden_layers")
-             and not suppressed and entropy != "grad")  # see ChosenLogprobs
+    fused = takes_fused_path(model, entropy)
     if fused:  # the positions that predict response tokens, gathered before the LM head: one (B*T, H) matrix
         # multiply and contiguous logits, where a slice of the last T + 1 positions goes through a batched
         # multiply and is copied again by the log-softmax (SmolLM2, 16 x 71 tokens, same values bit for bit:
@@ -76,12 +75,26 @@ def _token_logprobs(model, prompt_ids, prompt_mask, response_ids, response_mask,
                    logits_to_keep=keep).logits
     if not fused:
         logits = logits[:, -(response_len + 1) : -1]  # (B, T, V): position t predicts response token t
+    return response_logprobs(model, logits, response_ids, response_mask, entropy, fused)
+
+
+def takes_fused_path(model, entropy: str | None) -> bool:
+    """Whether log-probs come from ChosenLogprobs (large vocabularies, see FUSED_MIN_VOCAB)."""
+    config = getattr(model, "config", None)
+    return (getattr(config, "vocab_size", 0) >= FUSED_MIN_VOCAB and hasattr(config, "num_hidden_layers")
+            and not suppressed_token_ids(model) and entropy != "grad")
+
+
+def response_logprobs(model, logits: Tensor, response_ids: Tensor, response_mask: Tensor, entropy: str | None,
+                      fused: bool):
+    """token_logprobs' outputs from the logits that predict each response token: (B, T, V) -> (B, T)."""
     if logits.dtype in (torch.float16, torch.bfloat16):
         logits = logits.float()
     if fused:
         chosen, token_entropy = ChosenLogprobs.apply(logits, response_ids, entropy == "detached")
         logprobs = torch.where(response_mask.bool(), chosen, torch.zeros_like(chosen))
         return logprobs if entropy is None else (logprobs, token_entropy * response_mask)
+    suppressed = suppressed_token_ids(model)
     if suppressed:
         logits = logits.index_fill(-1, torch.tensor(suppressed, device=logits.device), float("-inf"))
     chosen = logits.gather(-1, response_ids.unsqueeze(-1)).squeeze(-1)  # (B, T)
@@ -125,10 +138,89 @@ def in_length_buckets(model, prompt_ids, prompt_mask, response_ids, response_mas
         out = token_logprobs(model, prompt_ids[rows, start:], mask[:, start:], response_ids[rows, :end],
                              response_mask[rows, :end], entropy=entropy)
         outputs.append(out if entropy else (out,))
+    return in_row_order(outputs, order, response_len, entropy)
+
+
+def in_row_order(outputs: list, order: Tensor, response_len: int, entropy: str | None):
+    """Bucket outputs (tuples of (b, t) tensors, buckets in `order`'s chunks) joined, padded to
+    `response_len` columns and put back in row order."""
     back = order.argsort()  # sorted position of each row
     joined = [torch.cat([F.pad(part[i], (0, response_len - part[i].shape[1])) for part in outputs])[back]
               for i in range(len(outputs[0]))]
     return tuple(joined) if entropy else joined[0]
+
+
+def shares_prompts(model, prompt_ids: Tensor, prompt_mask: Tensor) -> bool:
+    """Whether `shared_prompt_logprobs` applies: a Hugging Face decoder whose KV cache is plain (no
+    sliding windows or recurrent state), no gradient checkpointing in training mode (it drops the
+    cache), prompts of two columns or more, and some prompt repeated (a group of k responses)."""
+    config = getattr(model, "config", None)
+    if not hasattr(config, "num_hidden_layers") or prompt_ids.shape[1] < 2 or len(prompt_ids) < 2:
+        return False
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a LoRA policy
+    checkpointing = getattr(base, "is_activation_checkpointing", None)  # transformers 5's name
+    if checkpointing is None:
+        checkpointing = getattr(base, "is_gradient_checkpointing", False)
+    if checkpointing and base.training:  # (transformers 5 keeps the cache without autograd, earlier ones do not)
+        return False
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    if not all(type(layer) is DynamicLayer for layer in DynamicCache(config=config).layers):
+        return False
+    distinct = torch.cat([prompt_ids, prompt_mask], dim=1).unique(dim=0)
+    return len(distinct) < len(prompt_ids)
+
+
+def shared_prompt_logprobs(model, prompt_ids, prompt_mask, response_ids, response_mask, entropy, buckets: int):
+    """`token_logprobs` with each distinct prompt run once: a group's k responses share their prompt,
+    whose keys and values (which depend on the prompt alone) are computed for one copy and read by
+    all k. Two forwards: the distinct prompts without their last column fill a KV cache; then each
+    row runs [its last prompt token, its response but the last token] against its prompt's cache rows,
+    so its T positions predict its T response tokens, as the last T positions of the whole-sequence
+    forward do. Rows go in `buckets` buckets of similar response length (as `in_length_buckets`), the
+    prompt forward is shared by all. Differentiable: the cache rows are gathered from the prompt
+    forward's keys and values by an index, so the backward adds the k responses' gradients into their
+    prompt's forward, as the whole-sequence backward does.
+
+    The same function of the weights, less work: a group of k responses of length T after a prompt of
+    length P costs P + k T positions instead of k (P + T). Measured here, 4 buckets, median of 5:
+    tiny model 16 prompts x 8, prompts of 22-30 tokens, responses of 21-64 (random tokens): forward +
+    backward 0.697 -> 0.417 s, no-gradient forward 0.197 -> 0.145 s; SmolLM2-135M 4 prompts x 4 of
+    44-52 tokens: 9.72 -> 6.12 s and 2.75 -> 2.14 s. Values differ from the whole-sequence forward's
+    in the last bits (other shapes, another order of the sums): 1e-6 (tiny), 3e-5 (SmolLM2)."""
+    from transformers import DynamicCache
+
+    from models.generation import cache_keyword
+
+    prompt_len, response_len = prompt_ids.shape[1], response_ids.shape[1]
+    distinct, copies = torch.cat([prompt_ids, prompt_mask], dim=1).unique(dim=0, return_inverse=True)
+    head_ids, head_mask = distinct[:, : prompt_len - 1], distinct[:, prompt_len : 2 * prompt_len - 1]
+    start = min(int((head_mask.sum(0) == 0).cumprod(0).sum()), prompt_len - 2)  # leading all-padding columns
+    head_ids, head_mask = head_ids[:, start:], head_mask[:, start:]
+    keyword = cache_keyword(model)
+    prompt_cache = DynamicCache(config=model.config)
+    model(input_ids=head_ids, attention_mask=head_mask, position_ids=(head_mask.cumsum(-1) - 1).clamp(min=0),
+          use_cache=True, logits_to_keep=1, **{keyword: prompt_cache})
+    fused = takes_fused_path(model, entropy)
+    lengths = response_mask.sum(-1)
+    order = lengths.argsort(stable=True)  # shortest first; ties keep row order
+    if buckets > 1:  # a bucket's cost is now its rows x its longest response
+        buckets = fewest_buckets(torch.ones_like(lengths), lengths[order], buckets)
+    outputs = []
+    for rows in order.chunk(min(buckets, len(order))):
+        end = max(int(lengths[rows].max()), 1)
+        cache = DynamicCache(config=model.config)
+        for index, layer in enumerate(prompt_cache.layers):
+            cache.update(layer.keys[copies[rows]], layer.values[copies[rows]], index)
+        attention_mask = torch.cat([prompt_mask[rows, start:], response_mask[rows, : end - 1]], dim=1)
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, -end:]
+        input_ids = torch.cat([prompt_ids[rows, -1:], response_ids[rows, : end - 1]], dim=1)
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True,
+                       **{keyword: cache}).logits  # (b, end, V): position t predicts response token t
+        out = response_logprobs(model, logits, response_ids[rows, :end], response_mask[rows, :end], entropy, fused)
+        outputs.append(out if entropy else (out,))
+    return in_row_order(outputs, order, response_len, entropy)
 
 
 def fewest_buckets(prompt_lengths: Tensor, response_lengths: Tensor, most: int, slack: float = 0.05) -> int:

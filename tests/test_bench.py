@@ -1,5 +1,6 @@
 """python -m bench: the arithmetic of its table (the timings themselves are figures, not tests)."""
 import pytest
+import torch
 
 from bench.throughput import main, spec, summarise, table
 
@@ -38,3 +39,21 @@ def test_the_scaling_table_gives_ratios_to_trl_and_time_per_unit():
               "tiny:16x4:64": {"ptlab-grpo": {"step": (0.4, 0, 0)}, "trl": {"step": (0.5, 0, 0)}}}
     rows = scaling_table("group size", points).splitlines()[2:]
     assert rows == ["| 2 | 0.2 | 0.4 | 0.50 | 100 |", "| 4 | 0.4 | 0.5 | 0.80 | 100 |"]
+
+
+def test_update_flops_count_a_shared_prompt_once(tokenizer):
+    """ptlab runs a prompt its group repeats once (models/lm.py), so its update's FLOPs count that
+    prompt once; trained tokens (the tokens scored, the same work for both frameworks) count every copy."""
+    from bench.throughput import forwarded_tokens, trained_tokens
+    from tests.conftest import tiny_lm
+    from training.rollout import encode_prompts
+
+    model = tiny_lm(tokenizer)
+    prompt_ids, prompt_mask = encode_prompts(tokenizer, ["1 + 2="] * 3 + ["30="] * 3)  # 7 and 4 tokens with <bos>
+    response_mask = torch.tensor([[1, 1, 0]] * 6)
+    assert trained_tokens(prompt_mask, response_mask) == 3 * 7 + 3 * 4 + 12
+    assert forwarded_tokens(model, prompt_ids, prompt_mask, response_mask) == 7 + 4 + 12
+    distinct_ids, distinct_mask = encode_prompts(tokenizer, ["1 + 2=", "30="])
+    assert forwarded_tokens(model, distinct_ids, distinct_mask, response_mask[:2]) == 7 + 4 + 4
+    shared = summarise([{"records": [dict(record(1.0), forwarded=25)], "peak": 1.0}], warmup=0)
+    assert shared["update GFLOP/s"][0] == 6 * 1000 * 25 / 1e9 and shared["trained/s"][0] == 100.0

@@ -224,6 +224,78 @@ def test_fewest_buckets_stops_splitting_where_a_split_saves_no_padding():
     assert fewest_buckets(prompts, torch.full((8,), 6), most=4) == 1  # equal lengths: one batch
 
 
+
+@pytest.mark.parametrize("entropy,fused,buckets,lora", [(None, False, 1, False), ("grad", False, 3, False),
+                                                        ("detached", True, 3, False), (None, False, 2, True)])
+def test_shared_prompts_give_the_whole_sequence_values_and_gradients_from_fewer_positions(
+        tokenizer, monkeypatch, entropy, fused, buckets, lora):
+    """Groups that repeat a prompt: each distinct prompt runs once and its responses read its keys and
+    values. Log-probs, entropy and every weight's gradient (float64) equal the whole-sequence forward's
+    (the shared path switched off), rows in place, with fewer positions through the model."""
+    import models.lm as lm
+    from models.build import add_lora
+
+    if fused:  # the ChosenLogprobs path of large vocabularies
+        monkeypatch.setattr(lm, "FUSED_MIN_VOCAB", 0)
+    model = tiny_lm(tokenizer, seed=4).double()
+    if lora:
+        model = add_lora(model, r=2)
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:  # nonzero, so the adapters change the log-probs
+                torch.nn.init.normal_(parameter, std=0.3)
+    # groups of 3, 2 and 3 responses; the prompts differ in length (left padding) and repeat out of order
+    prompts = ["47 + 38=", "5=", "47 + 38=", "12 + 3 + 4=", "5=", "47 + 38=", "12 + 3 + 4=", "12 + 3 + 4="]
+    responses = ["12345678", "3", "", "55", "1234", "9876543", "2", "666"]
+    prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts)
+    response_ids, response_mask = encode_responses(tokenizer, responses)
+    upstream = torch.randn(response_mask.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    positions = []
+    embedding = model.get_input_embeddings()
+    embedding.register_forward_pre_hook(lambda module, args: positions.append(args[0].numel()))
+    assert lm.shares_prompts(model, prompt_ids, prompt_mask)
+
+    def run():
+        model.zero_grad()
+        positions.clear()
+        out = lm.token_logprobs(model, prompt_ids, prompt_mask, response_ids, response_mask, entropy=entropy, buckets=buckets)
+        logprobs, token_entropy = out if entropy else (out, torch.zeros(()))
+        loss = (logprobs * upstream).sum() + (token_entropy.sum() if entropy == "grad" else 0)
+        loss.backward()
+        grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
+        return logprobs.detach(), token_entropy.detach(), grads, sum(positions)
+
+    shared = run()
+    with torch.no_grad():
+        shared_no_grad = lm.token_logprobs(model, prompt_ids, prompt_mask, response_ids, response_mask, buckets=buckets)
+    monkeypatch.setattr(lm, "shares_prompts", lambda *args: False)
+    whole = run()
+    assert torch.allclose(shared[0], whole[0], atol=1e-12) and torch.allclose(shared_no_grad, whole[0], atol=1e-12)
+    assert torch.allclose(shared[1], whole[1], atol=1e-12)
+    assert all(torch.allclose(a, b, atol=1e-10) for a, b in zip(shared[2], whole[2])) and any(g.abs().sum() > 0 for g in shared[2])
+    assert shared[0][1, 2:].abs().sum() == 0 and shared[0][1, :2].abs().min() > 0  # row 1 is 2 tokens, in place
+    # 3 distinct prompts of 11 columns without the last, 8 rows of at most 9 tokens: at most 3 x 11 + 8 x 9
+    assert shared[3] <= 3 * (prompt_ids.shape[1] - 1) + response_mask.numel() < whole[3]
+
+
+def test_shared_prompts_step_aside_where_they_cannot_apply(tokenizer):
+    """Distinct prompts, one-column prompts, and gradient checkpointing in training mode (which drops
+    the KV cache the shared path fills) take the whole-sequence forward."""
+    import models.lm as lm
+
+    model = tiny_lm(tokenizer)
+    repeated = encode_prompts(tokenizer, ["1 + 2="] * 2 + ["3="] * 2)
+    assert lm.shares_prompts(model, *repeated)
+    assert not lm.shares_prompts(model, *encode_prompts(tokenizer, ["1 + 2=", "1 + 3=", "3="]))
+    assert not lm.shares_prompts(model, repeated[0][:, -1:], repeated[1][:, -1:])
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    assert not lm.shares_prompts(model.train(), *repeated)
+    assert lm.shares_prompts(model.eval(), *repeated)  # no checkpointing in eval mode
+    response_ids, response_mask = encode_responses(tokenizer, ["12", "3", "45", "6"])
+    logprobs = token_logprobs(model.train(), *repeated, response_ids, response_mask)
+    logprobs.sum().backward()
+    assert logprobs[0, :3].abs().min() > 0  # computed, not left at zero by an empty cache
+
+
 EOS_BIAS = 4.0
 
 
