@@ -189,19 +189,8 @@ def shared_prompt_logprobs(model, prompt_ids, prompt_mask, response_ids, respons
     backward 0.697 -> 0.417 s, no-gradient forward 0.197 -> 0.145 s; SmolLM2-135M 4 prompts x 4 of
     44-52 tokens: 9.72 -> 6.12 s and 2.75 -> 2.14 s. Values differ from the whole-sequence forward's
     in the last bits (other shapes, another order of the sums): 1e-6 (tiny), 3e-5 (SmolLM2)."""
-    from transformers import DynamicCache
-
-    from models.generation import cache_keyword
-
-    prompt_len, response_len = prompt_ids.shape[1], response_ids.shape[1]
-    distinct, copies = torch.cat([prompt_ids, prompt_mask], dim=1).unique(dim=0, return_inverse=True)
-    head_ids, head_mask = distinct[:, : prompt_len - 1], distinct[:, prompt_len : 2 * prompt_len - 1]
-    start = min(int((head_mask.sum(0) == 0).cumprod(0).sum()), prompt_len - 2)  # leading all-padding columns
-    head_ids, head_mask = head_ids[:, start:], head_mask[:, start:]
-    keyword = cache_keyword(model)
-    prompt_cache = DynamicCache(config=model.config)
-    model(input_ids=head_ids, attention_mask=head_mask, position_ids=(head_mask.cumsum(-1) - 1).clamp(min=0),
-          use_cache=True, logits_to_keep=1, **{keyword: prompt_cache})
+    response_len = response_ids.shape[1]
+    shared = SharedPrompts(model, prompt_ids, prompt_mask, logits_to_keep=1)  # none of its logits are read
     fused = takes_fused_path(model, entropy)
     lengths = response_mask.sum(-1)
     order = lengths.argsort(stable=True)  # shortest first; ties keep row order
@@ -210,17 +199,46 @@ def shared_prompt_logprobs(model, prompt_ids, prompt_mask, response_ids, respons
     outputs = []
     for rows in order.chunk(min(buckets, len(order))):
         end = max(int(lengths[rows].max()), 1)
-        cache = DynamicCache(config=model.config)
-        for index, layer in enumerate(prompt_cache.layers):
-            cache.update(layer.keys[copies[rows]], layer.values[copies[rows]], index)
-        attention_mask = torch.cat([prompt_mask[rows, start:], response_mask[rows, : end - 1]], dim=1)
-        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, -end:]
-        input_ids = torch.cat([prompt_ids[rows, -1:], response_ids[rows, : end - 1]], dim=1)
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True,
-                       **{keyword: cache}).logits  # (b, end, V): position t predicts response token t
+        logits = model(**shared.inputs(rows, response_ids, response_mask, end)).logits  # (b, end, V)
         out = response_logprobs(model, logits, response_ids[rows, :end], response_mask[rows, :end], entropy, fused)
         outputs.append(out if entropy else (out,))
     return in_row_order(outputs, order, response_len, entropy)
+
+
+class SharedPrompts:
+    """A batch's distinct prompts run once, all but their last column, into a KV cache (at
+    construction, through `model`; `extra` goes to that forward); `inputs` then gives the keyword
+    arguments of a forward of some rows' responses against their prompts' cache rows. Used by the
+    log-probs above and by PPO's critic (models/value.py)."""
+
+    def __init__(self, model, prompt_ids: Tensor, prompt_mask: Tensor, **extra):
+        from transformers import DynamicCache
+
+        from models.generation import cache_keyword
+
+        self.config, self.prompt_ids, self.prompt_mask = model.config, prompt_ids, prompt_mask
+        prompt_len = prompt_ids.shape[1]
+        distinct, self.copies = torch.cat([prompt_ids, prompt_mask], dim=1).unique(dim=0, return_inverse=True)
+        head_ids, head_mask = distinct[:, : prompt_len - 1], distinct[:, prompt_len : 2 * prompt_len - 1]
+        self.start = min(int((head_mask.sum(0) == 0).cumprod(0).sum()), prompt_len - 2)  # leading all-padding columns
+        head_ids, head_mask = head_ids[:, self.start :], head_mask[:, self.start :]
+        self.keyword, self.cache = cache_keyword(model), DynamicCache(config=model.config)
+        model(input_ids=head_ids, attention_mask=head_mask, position_ids=(head_mask.cumsum(-1) - 1).clamp(min=0),
+              use_cache=True, **{self.keyword: self.cache}, **extra)
+
+    def inputs(self, rows: Tensor, response_ids: Tensor, response_mask: Tensor, end: int) -> dict:
+        """Forward arguments for `rows`: [last prompt token, response tokens 0 .. end - 2] after their
+        prompts' cached keys and values, so output position t is the whole sequence's position P - 1 + t
+        (which predicts response token t, or holds the state before it)."""
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.config)
+        for index, layer in enumerate(self.cache.layers):
+            cache.update(layer.keys[self.copies[rows]], layer.values[self.copies[rows]], index)
+        attention_mask = torch.cat([self.prompt_mask[rows, self.start :], response_mask[rows, : end - 1]], dim=1)
+        return {"input_ids": torch.cat([self.prompt_ids[rows, -1:], response_ids[rows, : end - 1]], dim=1),
+                "attention_mask": attention_mask, "position_ids": (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, -end:],
+                "use_cache": True, self.keyword: cache}
 
 
 def fewest_buckets(prompt_lengths: Tensor, response_lengths: Tensor, most: int, slack: float = 0.05) -> int:

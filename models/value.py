@@ -12,6 +12,7 @@ import copy
 import torch
 from torch import Tensor, nn
 
+from models.lm import SharedPrompts, shares_prompts
 from models.tabular import TabularLM
 
 
@@ -36,11 +37,23 @@ class ValueModel(nn.Module):
                          use_cache=False).last_hidden_state
 
     def forward(self, rollout) -> Tensor:  # (B, T)
+        return self.head(self.response_hidden(rollout)).squeeze(-1).float() * rollout.response_mask
+
+    def response_hidden(self, rollout) -> Tensor:  # (B, T, H): the state before each response token
+        """Each distinct prompt runs once when a group repeats it (models/lm.py `SharedPrompts`), as
+        the policy's log-probs do; otherwise one forward of the whole sequences."""
+        if not shares_prompts(self.body, rollout.prompt_ids, rollout.prompt_mask):
+            return self.whole_sequence_hidden(rollout)
+        shared = SharedPrompts(self.body, rollout.prompt_ids, rollout.prompt_mask)
+        rows = torch.arange(len(rollout.prompt_ids), device=rollout.prompt_ids.device)
+        end = rollout.response_ids.shape[1]
+        return self.body(**shared.inputs(rows, rollout.response_ids, rollout.response_mask, end)).last_hidden_state
+
+    def whole_sequence_hidden(self, rollout) -> Tensor:  # (B, T, H)
         input_ids = torch.cat([rollout.prompt_ids, rollout.response_ids], dim=1)
         attention_mask = torch.cat([rollout.prompt_mask, rollout.response_mask], dim=1)
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        hidden = self.hidden(input_ids, attention_mask, position_ids)[:, rollout.prompt_ids.shape[1] - 1 : -1]
-        return self.head(hidden).squeeze(-1).float() * rollout.response_mask
+        return self.hidden(input_ids, attention_mask, position_ids)[:, rollout.prompt_ids.shape[1] - 1 : -1]
 
 
 class TabularValue(ValueModel):
@@ -50,6 +63,9 @@ class TabularValue(ValueModel):
 
     def hidden(self, input_ids, attention_mask, position_ids) -> Tensor:
         return self.table(input_ids, attention_mask).logits
+
+    def response_hidden(self, rollout) -> Tensor:
+        return self.whole_sequence_hidden(rollout)
 
     def head(self, hidden: Tensor) -> Tensor:
         return hidden

@@ -277,6 +277,44 @@ def test_shared_prompts_give_the_whole_sequence_values_and_gradients_from_fewer_
     assert shared[3] <= 3 * (prompt_ids.shape[1] - 1) + response_mask.numel() < whole[3]
 
 
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_the_critic_reads_a_shared_prompt_once_with_the_whole_sequence_values_and_gradients(tokenizer, monkeypatch, lora):
+    """PPO's critic (models/value.py) runs a prompt its group repeats once, as the log-probs do: values
+    and the gradients of its weights (float64) equal one forward of the whole sequences, with fewer
+    positions through its decoder."""
+    import models.value as value
+    from models.build import add_lora
+
+    policy = tiny_lm(tokenizer, seed=5).double()
+    if lora:
+        policy = add_lora(policy, r=2)
+    critic = value.critic_for(policy)
+    torch.nn.init.normal_(critic.head.weight, std=1.0)  # nonzero, so the values depend on the hidden states
+    prompts = ["47 + 38=", "5=", "47 + 38=", "12 + 3 + 4=", "5=", "47 + 38="]
+    prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts)
+    response_ids, response_mask = encode_responses(tokenizer, ["12345678", "3", "", "55", "1234", "9876543"])
+    rollout = Rollout(prompt_ids, prompt_mask, response_ids, response_mask, torch.zeros(6), group_size=1)
+    upstream = torch.randn(response_mask.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    positions = []
+    critic.body.get_input_embeddings().register_forward_pre_hook(lambda module, args: positions.append(args[0].numel()))
+
+    def run():
+        critic.zero_grad()
+        positions.clear()
+        values = critic(rollout)
+        (values * upstream).sum().backward()
+        return values.detach(), [p.grad.clone() for p in critic.parameters() if p.grad is not None], sum(positions)
+
+    shared = run()
+    monkeypatch.setattr(value, "shares_prompts", lambda *args: False)
+    whole = run()
+    assert torch.allclose(shared[0], whole[0], atol=1e-12) and shared[0].abs().sum() > 0
+    assert len(shared[1]) == len(whole[1]) and all(torch.allclose(a, b, atol=1e-10) for a, b in zip(shared[1], whole[1]))
+    assert shared[0][1, 2:].abs().sum() == 0  # row 1 is 2 tokens: nothing beyond
+    assert shared[2] == 3 * (prompt_ids.shape[1] - 1) + response_mask.numel() < whole[2]
+
+
 def test_shared_prompts_step_aside_where_they_cannot_apply(tokenizer):
     """Distinct prompts, one-column prompts, and gradient checkpointing in training mode (which drops
     the KV cache the shared path fills) take the whole-sequence forward."""
