@@ -189,20 +189,15 @@ def shared_prompt_logprobs(model, prompt_ids, prompt_mask, response_ids, respons
     backward 0.697 -> 0.417 s, no-gradient forward 0.197 -> 0.145 s; SmolLM2-135M 4 prompts x 4 of
     44-52 tokens: 9.72 -> 6.12 s and 2.75 -> 2.14 s. Values differ from the whole-sequence forward's
     in the last bits (other shapes, another order of the sums): 1e-6 (tiny), 3e-5 (SmolLM2)."""
-    response_len = response_ids.shape[1]
     shared = SharedPrompts(model, prompt_ids, prompt_mask, logits_to_keep=1)  # none of its logits are read
     fused = takes_fused_path(model, entropy)
-    lengths = response_mask.sum(-1)
-    order = lengths.argsort(stable=True)  # shortest first; ties keep row order
-    if buckets > 1:  # a bucket's cost is now its rows x its longest response
-        buckets = fewest_buckets(torch.ones_like(lengths), lengths[order], buckets)
+    order, parts = shared.buckets(response_mask, buckets)
     outputs = []
-    for rows in order.chunk(min(buckets, len(order))):
-        end = max(int(lengths[rows].max()), 1)
+    for rows, end in parts:
         logits = model(**shared.inputs(rows, response_ids, response_mask, end)).logits  # (b, end, V)
         out = response_logprobs(model, logits, response_ids[rows, :end], response_mask[rows, :end], entropy, fused)
         outputs.append(out if entropy else (out,))
-    return in_row_order(outputs, order, response_len, entropy)
+    return in_row_order(outputs, order, response_ids.shape[1], entropy)
 
 
 class SharedPrompts:
@@ -225,6 +220,16 @@ class SharedPrompts:
         self.keyword, self.cache = cache_keyword(model), DynamicCache(config=model.config)
         model(input_ids=head_ids, attention_mask=head_mask, position_ids=(head_mask.cumsum(-1) - 1).clamp(min=0),
               use_cache=True, **{self.keyword: self.cache}, **extra)
+
+    @staticmethod
+    def buckets(response_mask: Tensor, most: int) -> tuple[Tensor, list[tuple[Tensor, int]]]:
+        """The rows sorted by response length (shortest first, ties in row order) and up to `most`
+        buckets of them, each with its longest response (at least 1), as `in_length_buckets` makes them;
+        a bucket's cost is its rows x its longest response here (the prompts are in the cache)."""
+        lengths = response_mask.sum(-1)
+        order = lengths.argsort(stable=True)
+        count = fewest_buckets(torch.ones_like(lengths), lengths[order], most) if most > 1 else 1
+        return order, [(rows, max(int(lengths[rows].max()), 1)) for rows in order.chunk(min(count, len(order)))]
 
     def inputs(self, rows: Tensor, response_ids: Tensor, response_mask: Tensor, end: int) -> dict:
         """Forward arguments for `rows`: [last prompt token, response tokens 0 .. end - 2] after their

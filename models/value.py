@@ -12,7 +12,7 @@ import copy
 import torch
 from torch import Tensor, nn
 
-from models.lm import SharedPrompts, shares_prompts
+from models.lm import SharedPrompts, in_row_order, shares_prompts
 from models.tabular import TabularLM
 
 
@@ -24,8 +24,9 @@ def decoder_stack(policy) -> nn.Module:
 
 
 class ValueModel(nn.Module):
-    def __init__(self, policy):
+    def __init__(self, policy, buckets: int = 1):
         super().__init__()
+        self.buckets = buckets  # forwards on up to that many buckets of rows of similar response length
         self.body = copy.deepcopy(decoder_stack(policy)).train()
         hidden_size = self.body.config.hidden_size
         self.head = nn.Linear(hidden_size, 1, dtype=next(policy.parameters()).dtype)
@@ -37,17 +38,18 @@ class ValueModel(nn.Module):
                          use_cache=False).last_hidden_state
 
     def forward(self, rollout) -> Tensor:  # (B, T)
-        return self.head(self.response_hidden(rollout)).squeeze(-1).float() * rollout.response_mask
-
-    def response_hidden(self, rollout) -> Tensor:  # (B, T, H): the state before each response token
-        """Each distinct prompt runs once when a group repeats it (models/lm.py `SharedPrompts`), as
-        the policy's log-probs do; otherwise one forward of the whole sequences."""
+        """Each distinct prompt runs once when a group repeats it, and the rows go in up to `buckets`
+        buckets of similar response length (models/lm.py `SharedPrompts`), as the policy's log-probs
+        do; otherwise one forward of the whole sequences."""
         if not shares_prompts(self.body, rollout.prompt_ids, rollout.prompt_mask):
-            return self.whole_sequence_hidden(rollout)
+            return self.head(self.whole_sequence_hidden(rollout)).squeeze(-1).float() * rollout.response_mask
         shared = SharedPrompts(self.body, rollout.prompt_ids, rollout.prompt_mask)
-        rows = torch.arange(len(rollout.prompt_ids), device=rollout.prompt_ids.device)
-        end = rollout.response_ids.shape[1]
-        return self.body(**shared.inputs(rows, rollout.response_ids, rollout.response_mask, end)).last_hidden_state
+        order, parts = shared.buckets(rollout.response_mask, self.buckets)
+        values = []
+        for rows, end in parts:
+            hidden = self.body(**shared.inputs(rows, rollout.response_ids, rollout.response_mask, end)).last_hidden_state
+            values.append((self.head(hidden).squeeze(-1).float() * rollout.response_mask[rows, :end],))
+        return in_row_order(values, order, rollout.response_ids.shape[1], entropy=None)
 
     def whole_sequence_hidden(self, rollout) -> Tensor:  # (B, T, H)
         input_ids = torch.cat([rollout.prompt_ids, rollout.response_ids], dim=1)
@@ -64,12 +66,9 @@ class TabularValue(ValueModel):
     def hidden(self, input_ids, attention_mask, position_ids) -> Tensor:
         return self.table(input_ids, attention_mask).logits
 
-    def response_hidden(self, rollout) -> Tensor:
-        return self.whole_sequence_hidden(rollout)
-
-    def head(self, hidden: Tensor) -> Tensor:
-        return hidden
+    def forward(self, rollout) -> Tensor:  # (B, T): the table's entry is the value itself
+        return self.whole_sequence_hidden(rollout).squeeze(-1).float() * rollout.response_mask
 
 
-def critic_for(policy) -> nn.Module:
-    return TabularValue(policy) if isinstance(policy, TabularLM) else ValueModel(policy)
+def critic_for(policy, buckets: int = 1) -> nn.Module:
+    return TabularValue(policy) if isinstance(policy, TabularLM) else ValueModel(policy, buckets)

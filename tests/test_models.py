@@ -278,18 +278,19 @@ def test_shared_prompts_give_the_whole_sequence_values_and_gradients_from_fewer_
 
 
 
-@pytest.mark.parametrize("lora", [False, True])
-def test_the_critic_reads_a_shared_prompt_once_with_the_whole_sequence_values_and_gradients(tokenizer, monkeypatch, lora):
-    """PPO's critic (models/value.py) runs a prompt its group repeats once, as the log-probs do: values
-    and the gradients of its weights (float64) equal one forward of the whole sequences, with fewer
-    positions through its decoder."""
+@pytest.mark.parametrize("lora,buckets", [(False, 1), (True, 3)])
+def test_the_critic_reads_a_shared_prompt_once_with_the_whole_sequence_values_and_gradients(
+        tokenizer, monkeypatch, lora, buckets):
+    """PPO's critic (models/value.py) runs a prompt its group repeats once and its rows in buckets of
+    similar response length, as the log-probs do: values and the gradients of its weights (float64)
+    equal one forward of the whole sequences, rows in place, with fewer positions through its decoder."""
     import models.value as value
     from models.build import add_lora
 
     policy = tiny_lm(tokenizer, seed=5).double()
     if lora:
         policy = add_lora(policy, r=2)
-    critic = value.critic_for(policy)
+    critic = value.critic_for(policy, buckets=buckets)
     torch.nn.init.normal_(critic.head.weight, std=1.0)  # nonzero, so the values depend on the hidden states
     prompts = ["47 + 38=", "5=", "47 + 38=", "12 + 3 + 4=", "5=", "47 + 38="]
     prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts)
@@ -312,7 +313,11 @@ def test_the_critic_reads_a_shared_prompt_once_with_the_whole_sequence_values_an
     assert torch.allclose(shared[0], whole[0], atol=1e-12) and shared[0].abs().sum() > 0
     assert len(shared[1]) == len(whole[1]) and all(torch.allclose(a, b, atol=1e-10) for a, b in zip(shared[1], whole[1]))
     assert shared[0][1, 2:].abs().sum() == 0  # row 1 is 2 tokens: nothing beyond
-    assert shared[2] == 3 * (prompt_ids.shape[1] - 1) + response_mask.numel() < whole[2]
+    assert shared[0][1, :2].abs().min() > 0 and shared[0][0].abs().min() > 0  # rows in place after the buckets
+    # 3 distinct prompts without their last column, then 6 rows of at most 9 (fewer in buckets)
+    assert shared[2] <= 3 * (prompt_ids.shape[1] - 1) + response_mask.numel() < whole[2]
+    if buckets > 1:
+        assert shared[2] < 3 * (prompt_ids.shape[1] - 1) + response_mask.numel()
 
 
 def test_shared_prompts_step_aside_where_they_cannot_apply(tokenizer):

@@ -66,7 +66,7 @@ def build_module(cfg, algorithm, task, model_name: str = "this model"):
     sampler.setup(policy, reference, task)
     module = instantiate(cfg.module)(
         policy=policy, tokenizer=tokenizer, algorithm=algorithm, sampler=sampler, reference=reference,
-        critic=critic_for(policy) if algorithm.needs_critic else None,
+        critic=critic_for(policy, buckets=cfg.module.length_buckets) if algorithm.needs_critic else None,
         optimizer=instantiate(cfg.optimizer), scheduler=instantiate(cfg.scheduler),
         evaluator=task.evaluator(policy, tokenizer, generator, cfg.beta),
         accumulate_grad_batches=cfg.trainer.accumulate_grad_batches)
