@@ -175,6 +175,22 @@ def test_token_logprobs_take_the_same_values_and_gradients_on_the_fused_path(mon
     assert fused[0][1, 3:].abs().sum() == 0  # nothing beyond a response's end
 
 
+def logprobs_and_gradients(model, batch, upstream, entropy, buckets: int, positions: list):
+    """token_logprobs of `batch` (prompt ids, prompt mask, response ids, response mask), backward of
+    sum(upstream * log-probs) (+ the entropy's sum when entropy="grad"): (log-probs, entropy, the
+    trainable weights' gradients, the positions the model saw per forward, as `positions` records them)."""
+    import models.lm as lm
+
+    model.zero_grad()
+    positions.clear()
+    out = lm.token_logprobs(model, *batch, entropy=entropy, buckets=buckets)
+    logprobs, token_entropy = out if entropy else (out, torch.zeros(()))
+    loss = (logprobs * upstream).sum() + (token_entropy.sum() if entropy == "grad" else 0)
+    loss.backward()
+    grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
+    return logprobs.detach(), token_entropy.detach(), grads, list(positions)
+
+
 @pytest.mark.parametrize("entropy,fused", [("grad", False), ("detached", True), (None, False)])
 def test_length_buckets_give_the_whole_batch_values_and_gradients_from_fewer_positions(tokenizer, monkeypatch, entropy, fused):
     """token_logprobs(buckets=3) sorts rows by response length, runs each bucket cut to its longest
@@ -193,16 +209,8 @@ def test_length_buckets_give_the_whole_batch_values_and_gradients_from_fewer_pos
     model.register_forward_pre_hook(lambda module, args, kwargs: positions.append(kwargs["input_ids"].numel()),
                                     with_kwargs=True)
 
-    def run(buckets):
-        model.zero_grad()
-        positions.clear()
-        out = lm.token_logprobs(model, prompt_ids, prompt_mask, response_ids, response_mask, entropy=entropy, buckets=buckets)
-        logprobs, token_entropy = out if entropy else (out, torch.zeros(()))
-        loss = (logprobs * upstream).sum() + (token_entropy.sum() if entropy == "grad" else 0)
-        loss.backward()
-        return logprobs.detach(), token_entropy.detach(), [p.grad.clone() for p in model.parameters()], list(positions)
-
-    whole, bucketed = run(1), run(3)
+    batch = (prompt_ids, prompt_mask, response_ids, response_mask)
+    whole, bucketed = (logprobs_and_gradients(model, batch, upstream, entropy, buckets, positions) for buckets in (1, 3))
     assert whole[3] == [response_mask.numel() + prompt_mask.numel()]
     assert len(bucketed[3]) == 3 and sum(bucketed[3]) < whole[3][0] * 0.75
     assert bucketed[0].shape == whole[0].shape and torch.allclose(bucketed[0], whole[0], atol=1e-12)
@@ -254,27 +262,18 @@ def test_shared_prompts_give_the_whole_sequence_values_and_gradients_from_fewer_
     embedding.register_forward_pre_hook(lambda module, args: positions.append(args[0].numel()))
     assert lm.shares_prompts(model, prompt_ids, prompt_mask)
 
-    def run():
-        model.zero_grad()
-        positions.clear()
-        out = lm.token_logprobs(model, prompt_ids, prompt_mask, response_ids, response_mask, entropy=entropy, buckets=buckets)
-        logprobs, token_entropy = out if entropy else (out, torch.zeros(()))
-        loss = (logprobs * upstream).sum() + (token_entropy.sum() if entropy == "grad" else 0)
-        loss.backward()
-        grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
-        return logprobs.detach(), token_entropy.detach(), grads, sum(positions)
-
-    shared = run()
+    batch = (prompt_ids, prompt_mask, response_ids, response_mask)
+    shared = logprobs_and_gradients(model, batch, upstream, entropy, buckets, positions)
     with torch.no_grad():
         shared_no_grad = lm.token_logprobs(model, prompt_ids, prompt_mask, response_ids, response_mask, buckets=buckets)
     monkeypatch.setattr(lm, "shares_prompts", lambda *args: False)
-    whole = run()
+    whole = logprobs_and_gradients(model, batch, upstream, entropy, buckets, positions)
     assert torch.allclose(shared[0], whole[0], atol=1e-12) and torch.allclose(shared_no_grad, whole[0], atol=1e-12)
     assert torch.allclose(shared[1], whole[1], atol=1e-12)
     assert all(torch.allclose(a, b, atol=1e-10) for a, b in zip(shared[2], whole[2])) and any(g.abs().sum() > 0 for g in shared[2])
     assert shared[0][1, 2:].abs().sum() == 0 and shared[0][1, :2].abs().min() > 0  # row 1 is 2 tokens, in place
     # 3 distinct prompts of 11 columns without the last, 8 rows of at most 9 tokens: at most 3 x 11 + 8 x 9
-    assert shared[3] <= 3 * (prompt_ids.shape[1] - 1) + response_mask.numel() < whole[3]
+    assert sum(shared[3]) <= 3 * (prompt_ids.shape[1] - 1) + response_mask.numel() < sum(whole[3])
 
 
 
