@@ -61,6 +61,11 @@ def train(cfg: DictConfig) -> dict:
 def fit_and_summarise(cfg, choices, algorithm, output_dir: Path, stop, start: float, resume=None) -> dict:
     import lightning as L  # heavy imports after the checks
 
+    from training.allocator import reuse_freed_memory
+
+    if cfg.reuse_memory:  # before the model and its tensors
+        reuse_freed_memory()
+
     logging.getLogger("lightning").handlers.clear()  # Lightning's info goes to run.log, not the console
     quiet_libraries()
     from lightning.pytorch.utilities.exceptions import SIGTERMException

@@ -10,7 +10,8 @@ the first `warmup` steps of each worker are dropped. Identical settings: the sam
 (weights and tokenizer), the same prompts (chain_sum's training prompts in order), group size,
 max new tokens, temperature 1 (no top-p, no top-k), beta (so both compute reference log-probs), one
 generation and one optimiser step per rollout, plain AdamW, no gradient checkpointing, fp32, the
-same threads. The tiny model is the default config's Llama untrained (it rarely writes <eos>, so
+same threads. ptlab's workers keep freed memory for reuse, as run.py does (`reuse_memory`,
+training/allocator.py); TRL's run with malloc's default unless --trl-reuse-memory. The tiny model is the default config's Llama untrained (it rarely writes <eos>, so
 responses run to max_new_tokens in both frameworks, as long reasoning does); SmolLM2-135M-Instruct
 is the GGUF package's model.
 
@@ -248,6 +249,10 @@ def run_trl(path: Path, prompt_count: int, group_size: int, max_new_tokens: int,
 
 
 def worker(args) -> None:
+    if args.reuse_memory:  # ptlab's runs do this by default (run.py, `reuse_memory`); TRL's only when asked
+        from training.allocator import reuse_freed_memory
+
+        reuse_freed_memory()
     torch.manual_seed(0)
     model, prompt_count, group_size, max_new_tokens = spec(args.config)
     path = Path(args.model_dir)
@@ -313,7 +318,8 @@ def spec(config: str) -> tuple[str, int, int, int]:
                          "(e.g. tiny:16x8:128)") from None
 
 
-def measure(config: str, frameworks: list[str], rounds: int, steps: int, cache: Path) -> dict[str, list] | None:
+def measure(config: str, frameworks: list[str], rounds: int, steps: int, cache: Path,
+            trl_reuse_memory: bool = False) -> dict[str, list] | None:
     """Every framework's worker results on one configuration, `rounds` interleaved rounds."""
     model = spec(config)[0]
     if model == "smollm2_135m" and not smollm2_available():
@@ -326,6 +332,8 @@ def measure(config: str, frameworks: list[str], rounds: int, steps: int, cache: 
             print(f"{config}: round {round_ + 1}/{rounds}, {name}", file=sys.stderr, flush=True)
             command = [sys.executable, "-m", "bench.throughput", "worker", "--framework", name, "--config", config,
                        "--model-dir", str(path), "--steps", str(steps)]
+            if name != "trl" or trl_reuse_memory:
+                command.append("--reuse-memory")
             proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
             if proc.returncode:
                 raise SystemExit(f"{config}/{name} failed:\n{proc.stderr[-3000:]}")
@@ -359,6 +367,7 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--config", required=True)
     run.add_argument("--model-dir", required=True)
     run.add_argument("--steps", type=int, default=6)
+    run.add_argument("--reuse-memory", action="store_true")
     parser.add_argument("--configs", default="tiny6,tiny64,smollm2",
                         help="comma-separated: " + ", ".join(CONFIGS) + ", or model:PROMPTSxK:TOKENS")
     parser.add_argument("--scaling", action="store_true", help="step time against group size (2-32, 64 tokens) and "
@@ -369,6 +378,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=6, help="optimiser steps per worker")
     parser.add_argument("--warmup", type=int, default=2, help="first steps of each worker left out")
     parser.add_argument("--json", help="also write every record here")
+    parser.add_argument("--trl-reuse-memory", action="store_true", help="give TRL's worker ptlab's allocator setting too "
+                        "(training/allocator.py: freed memory kept for reuse; ptlab's workers always have it, as run.py)")
     args = parser.parse_args(argv)
     if args.command == "worker":
         return worker(args)
@@ -381,11 +392,13 @@ def main(argv: list[str] | None = None) -> None:
         for axis, configs in SCALING.items():
             points = {}
             for config in configs:
-                everything[config] = measure(config, frameworks, args.rounds, args.steps, cache)
+                everything[config] = measure(config, frameworks, args.rounds, args.steps, cache, args.trl_reuse_memory)
                 points[config] = {name: summarise(runs, args.warmup) for name, runs in everything[config].items()}
             print(scaling_table(axis, points) + "\n", flush=True)
+    if args.trl_reuse_memory:
+        print("TRL's workers with ptlab's allocator setting (--trl-reuse-memory)\n", flush=True)
     for config in [] if args.scaling else args.configs.split(","):
-        results = everything[config] = measure(config, frameworks, args.rounds, args.steps, cache)
+        results = everything[config] = measure(config, frameworks, args.rounds, args.steps, cache, args.trl_reuse_memory)
         if results:
             print(table(config, {name: summarise(runs, args.warmup) for name, runs in results.items()}) + "\n", flush=True)
     if args.json:
