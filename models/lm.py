@@ -189,8 +189,10 @@ def shared_prompt_logprobs(model, prompt_ids, prompt_mask, response_ids, respons
     backward 0.697 -> 0.417 s, no-gradient forward 0.197 -> 0.145 s; SmolLM2-135M 4 prompts x 4 of
     44-52 tokens: 9.72 -> 6.12 s and 2.75 -> 2.14 s. Values differ from the whole-sequence forward's
     in the last bits (other shapes, another order of the sums): 1e-6 (tiny), 3e-5 (SmolLM2)."""
-    shared = SharedPrompts(model, prompt_ids, prompt_mask, logits_to_keep=1)  # none of its logits are read
     fused = takes_fused_path(model, entropy)
+    if fused and getattr(model.config, "model_type", None) in PLAIN_HEADS:
+        return shared_prompt_logprobs_one_head(model, prompt_ids, prompt_mask, response_ids, response_mask, entropy, buckets)
+    shared = SharedPrompts(model, prompt_ids, prompt_mask, logits_to_keep=1)  # none of its logits are read
     order, parts = shared.buckets(response_mask, buckets)
     outputs = []
     for rows, end in parts:
@@ -200,13 +202,48 @@ def shared_prompt_logprobs(model, prompt_ids, prompt_mask, response_ids, respons
     return in_row_order(outputs, order, response_ids.shape[1], entropy)
 
 
+PLAIN_HEADS = ("llama", "mistral", "qwen2", "qwen3")  # logits = lm_head(last hidden state): no scaling, no capping
+
+
+def shared_prompt_logprobs_one_head(model, prompt_ids, prompt_mask, response_ids, response_mask, entropy, buckets: int):
+    """`shared_prompt_logprobs` on the fused path (large vocabularies), with the embedding looked up once
+    for the prompt forward and every bucket, and the LM head run once on the hidden states of every
+    bucket's response tokens (padding left out). Each lookup and each LM-head multiply makes its own
+    gradient of a vocabulary-sized weight (SmolLM2's tied 49,152 x 576 embedding: 113 MB), which
+    autograd then adds up: with 4 buckets, 5 zero-filled embedding gradients, 4 head gradients from
+    multiplies of 256 rows and the adds of all of them, 1.4 s of a 6.3 s forward+backward in a profile
+    of one bench rollout (16 x 64 tokens). Here one of each, and the head's multiply spans all the
+    response tokens. The same function of the weights; other shapes, so other rounding."""
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model  # a LoRA policy: its LM, adapters in
+    body, head = lm.base_model, lm.get_output_embeddings()
+    steps = torch.cat([prompt_ids[:, -1:], response_ids[:, :-1]], dim=1)  # each response position's input token
+    shared = SharedPrompts(body, prompt_ids, prompt_mask, embedding=lm.get_input_embeddings(), step_ids=steps)
+    _, parts = shared.buckets(response_mask, buckets)
+    hidden, where = [], []
+    for rows, end in parts:
+        states = body(**shared.inputs(rows, response_ids, response_mask, end)).last_hidden_state  # (b, end, H)
+        row, column = response_mask[rows, :end].nonzero(as_tuple=True)
+        hidden.append(states[row, column])  # (n, H): the positions that predict a response token
+        where.append((rows[row], column))
+    rows, columns = (torch.cat(pieces) for pieces in zip(*where))
+    logits = head(torch.cat(hidden))  # (N, V)
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
+    chosen, token_entropy = ChosenLogprobs.apply(logits, response_ids[rows, columns], entropy == "detached")
+    logprobs = chosen.new_zeros(response_ids.shape).index_put((rows, columns), chosen)
+    return logprobs if entropy is None else (logprobs, token_entropy.new_zeros(response_ids.shape).index_put((rows, columns), token_entropy))
+
+
 class SharedPrompts:
     """A batch's distinct prompts run once, all but their last column, into a KV cache (at
     construction, through `model`; `extra` goes to that forward); `inputs` then gives the keyword
     arguments of a forward of some rows' responses against their prompts' cache rows. Used by the
-    log-probs above and by PPO's critic (models/value.py)."""
+    log-probs above and by PPO's critic (models/value.py). Given the model's `embedding` and every
+    row's (B, T) input tokens `step_ids`, it embeds the prompts and those in one lookup, and `inputs`
+    hands out slices of it as `inputs_embeds`."""
 
-    def __init__(self, model, prompt_ids: Tensor, prompt_mask: Tensor, **extra):
+    def __init__(self, model, prompt_ids: Tensor, prompt_mask: Tensor, embedding=None, step_ids: Tensor | None = None,
+                 **extra):
         from transformers import DynamicCache
 
         from models.generation import cache_keyword
@@ -218,7 +255,12 @@ class SharedPrompts:
         self.start = min(int((head_mask.sum(0) == 0).cumprod(0).sum()), prompt_len - 2)  # leading all-padding columns
         head_ids, head_mask = head_ids[:, self.start :], head_mask[:, self.start :]
         self.keyword, self.cache = cache_keyword(model), DynamicCache(config=model.config)
-        model(input_ids=head_ids, attention_mask=head_mask, position_ids=(head_mask.cumsum(-1) - 1).clamp(min=0),
+        self.step_embeds, inputs = None, {"input_ids": head_ids}
+        if embedding is not None:  # one lookup for the prompts and every row's (B, T) `step_ids`: one gradient
+            both = embedding(torch.cat([head_ids.flatten(), step_ids.flatten()]))
+            inputs = {"inputs_embeds": both[: head_ids.numel()].view(*head_ids.shape, -1)}
+            self.step_embeds = both[head_ids.numel() :].view(*step_ids.shape, -1)
+        model(**inputs, attention_mask=head_mask, position_ids=(head_mask.cumsum(-1) - 1).clamp(min=0),
               use_cache=True, **{self.keyword: self.cache}, **extra)
 
     @staticmethod
@@ -241,8 +283,9 @@ class SharedPrompts:
         for index, layer in enumerate(self.cache.layers):
             cache.update(layer.keys[self.copies[rows]], layer.values[self.copies[rows]], index)
         attention_mask = torch.cat([self.prompt_mask[rows, self.start :], response_mask[rows, : end - 1]], dim=1)
-        return {"input_ids": torch.cat([self.prompt_ids[rows, -1:], response_ids[rows, : end - 1]], dim=1),
-                "attention_mask": attention_mask, "position_ids": (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, -end:],
+        tokens = ({"input_ids": torch.cat([self.prompt_ids[rows, -1:], response_ids[rows, : end - 1]], dim=1)}
+                  if self.step_embeds is None else {"inputs_embeds": self.step_embeds[rows, :end]})
+        return {**tokens, "attention_mask": attention_mask, "position_ids": (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, -end:],
                 "use_cache": True, self.keyword: cache}
 
 

@@ -234,7 +234,8 @@ def test_fewest_buckets_stops_splitting_where_a_split_saves_no_padding():
 
 
 @pytest.mark.parametrize("entropy,fused,buckets,lora", [(None, False, 1, False), ("grad", False, 3, False),
-                                                        ("detached", True, 3, False), (None, False, 2, True)])
+                                                        ("detached", True, 3, False), (None, False, 2, True),
+                                                        (None, True, 2, True)])
 def test_shared_prompts_give_the_whole_sequence_values_and_gradients_from_fewer_positions(
         tokenizer, monkeypatch, entropy, fused, buckets, lora):
     """Groups that repeat a prompt: each distinct prompt runs once and its responses read its keys and
@@ -260,10 +261,14 @@ def test_shared_prompts_give_the_whole_sequence_values_and_gradients_from_fewer_
     positions = []
     embedding = model.get_input_embeddings()
     embedding.register_forward_pre_hook(lambda module, args: positions.append(args[0].numel()))
+    head_rows = []  # the fused path runs the LM head once, on the response tokens only
+    model.get_output_embeddings().register_forward_pre_hook(lambda module, args: head_rows.append(args[0].shape[:-1]))
     assert lm.shares_prompts(model, prompt_ids, prompt_mask)
 
     batch = (prompt_ids, prompt_mask, response_ids, response_mask)
     shared = logprobs_and_gradients(model, batch, upstream, entropy, buckets, positions)
+    if fused:  # and the embedding once: one lookup of the prompts and every row's inputs
+        assert head_rows == [(int(response_mask.sum()),)] and len(shared[3]) == 1
     with torch.no_grad():
         shared_no_grad = lm.token_logprobs(model, prompt_ids, prompt_mask, response_ids, response_mask, buckets=buckets)
     monkeypatch.setattr(lm, "shares_prompts", lambda *args: False)
