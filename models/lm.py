@@ -211,9 +211,11 @@ def shared_prompt_logprobs_one_head(model, prompt_ids, prompt_mask, response_ids
     bucket's response tokens (padding left out). Each lookup and each LM-head multiply makes its own
     gradient of a vocabulary-sized weight (SmolLM2's tied 49,152 x 576 embedding: 113 MB), which
     autograd then adds up: with 4 buckets, 5 zero-filled embedding gradients, 4 head gradients from
-    multiplies of 256 rows and the adds of all of them, 1.4 s of a 6.3 s forward+backward in a profile
+    multiplies of 256 rows and the adds of all of them, 1.5 s of a 6.4 s forward+backward in a profile
     of one bench rollout (16 x 64 tokens). Here one of each, and the head's multiply spans all the
-    response tokens. The same function of the weights; other shapes, so other rounding."""
+    response tokens (0.3 s for the head's gradient against 0.74 s). Alternated in one process on that
+    rollout, medians of 6: forward+backward 6.25 -> 5.69 s, no-gradient forward 2.12 -> 2.03 s. The
+    same function of the weights; other shapes, so other rounding."""
     lm = model.get_base_model() if hasattr(model, "get_base_model") else model  # a LoRA policy: its LM, adapters in
     body, head = lm.base_model, lm.get_output_embeddings()
     steps = torch.cat([prompt_ids[:, -1:], response_ids[:, :-1]], dim=1)  # each response position's input token
