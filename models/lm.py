@@ -282,8 +282,9 @@ class SharedPrompts:
         from transformers import DynamicCache
 
         cache = DynamicCache(config=self.config)
-        for index, layer in enumerate(self.cache.layers):
-            cache.update(layer.keys[self.copies[rows]], layer.values[self.copies[rows]], index)
+        prompts = self.copies[rows]  # index_select, whose backward (index_add) sums a prompt's k rows in a fixed
+        for index, layer in enumerate(self.cache.layers):  # order; indexing's (index_put) sums them in any order
+            cache.update(layer.keys.index_select(0, prompts), layer.values.index_select(0, prompts), index)
         attention_mask = torch.cat([self.prompt_mask[rows, self.start :], response_mask[rows, : end - 1]], dim=1)
         tokens = ({"input_ids": torch.cat([self.prompt_ids[rows, -1:], response_ids[rows, : end - 1]], dim=1)}
                   if self.step_embeds is None else {"inputs_embeds": self.step_embeds[rows, :end]})

@@ -380,3 +380,33 @@ def test_sampled_decoding_with_rows_ending_early_draws_what_a_cacheless_loop_dra
     assert lengths.min() < 6 and lengths.max() == 12 and len(set(lengths.tolist())) > 4  # rows end all along
     assert torch.equal(ours * mask, expected * mask)
 
+
+
+def test_shared_prompt_gradients_are_the_same_bit_for_bit_every_time():
+    """A prompt's k responses add their gradients into its one forward; on 2 threads those sums must
+    run in a fixed order (index_select's backward), not in whatever order threads reach them
+    (indexing's backward, index_put with accumulate: gradients differed in the last bits between
+    calls here, and runs with the same seed between processes)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    import models.lm as lm
+
+    config = LlamaConfig(vocab_size=99, hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
+                         num_key_value_heads=4, max_position_embeddings=128)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    g = torch.Generator().manual_seed(1)
+    prompt_ids = torch.randint(3, 99, (16, 9), generator=g).repeat_interleave(8, 0)
+    response_ids = torch.randint(3, 99, (128, 64), generator=g)
+    response_mask = (torch.arange(64)[None] < torch.randint(1, 65, (128, 1), generator=g)).long()
+    assert lm.shares_prompts(model, prompt_ids, torch.ones_like(prompt_ids))
+    gradients, threads = [], torch.get_num_threads()
+    torch.set_num_threads(2)  # this machine's; with one thread any order is fixed
+    try:
+        for _ in range(3):
+            model.zero_grad()
+            lm.token_logprobs(model, prompt_ids, torch.ones_like(prompt_ids), response_ids, response_mask, buckets=4).sum().backward()
+            gradients.append([p.grad.clone() for p in model.parameters()])
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) and torch.equal(a, c) for a, b, c in zip(*gradients))
