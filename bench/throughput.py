@@ -11,9 +11,9 @@ the first `warmup` steps of each worker are dropped. Identical settings: the sam
 max new tokens, temperature 1 (no top-p, no top-k), beta (so both compute reference log-probs), one
 generation and one optimiser step per rollout, plain AdamW, no gradient checkpointing, fp32, the
 same threads. ptlab's workers keep freed memory for reuse, as run.py does (`reuse_memory`,
-training/allocator.py); TRL's run with malloc's default unless --trl-reuse-memory. The tiny model is the default config's Llama untrained (it rarely writes <eos>, so
-responses run to max_new_tokens in both frameworks, as long reasoning does); SmolLM2-135M-Instruct
-is the GGUF package's model.
+training/allocator.py); TRL's run with malloc's default unless --trl-reuse-memory. The tiny model
+is the default config's Llama untrained (it rarely writes <eos>, so responses run to max_new_tokens
+in both frameworks, as long reasoning does); SmolLM2-135M-Instruct is the GGUF package's model.
 
 Per step: whole step, generation, scoring, policy forward+backward (with the optimiser step),
 reference forward; tokens generated and trained (prompt and response tokens scored) per second;

@@ -232,8 +232,10 @@ def shared_prompt_logprobs_one_head(model, prompt_ids, prompt_mask, response_ids
     if logits.dtype in (torch.float16, torch.bfloat16):
         logits = logits.float()
     chosen, token_entropy = ChosenLogprobs.apply(logits, response_ids[rows, columns], entropy == "detached")
-    logprobs = chosen.new_zeros(response_ids.shape).index_put((rows, columns), chosen)
-    return logprobs if entropy is None else (logprobs, token_entropy.new_zeros(response_ids.shape).index_put((rows, columns), token_entropy))
+    def in_place(values: Tensor) -> Tensor:  # (N,) -> (B, T), zero where no response token is
+        return values.new_zeros(response_ids.shape).index_put((rows, columns), values)
+
+    return in_place(chosen) if entropy is None else (in_place(chosen), in_place(token_entropy))
 
 
 class SharedPrompts:

@@ -13,7 +13,10 @@ and AdamW the faults stop after the third step, and the peak RSS was 4.79 GB aga
 CPU tuning guide recommends the same for training (jemalloc or TCMalloc, which keep freed memory);
 this is glibc's own switch, with nothing to preload.
 
-The values computed are the same bit for bit: only where the bytes live changes.
+The values computed are the same bit for bit: only where the bytes live changes. The cost: a freed
+block is not always reused for a request of the same size (torch's aligned allocations ask a little
+more), so the heap can grow past the live peak; the SmolLM2 preset with full fine-tuning peaked at
+6.5 GiB against 6.2 in one run each.
 """
 import ctypes
 import ctypes.util
@@ -28,7 +31,7 @@ def reuse_freed_memory() -> bool:
     freed memory stays mapped and is reused. True if set; False where malloc is not glibc's (macOS,
     musl), where it changes nothing. Takes effect for allocations after the call; the process's
     resident memory then stays at its peak."""
-    if platform.system() != "Linux" or not platform.libc_ver()[0] == "glibc":
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, INT_MAX))
