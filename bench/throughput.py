@@ -74,6 +74,11 @@ def model_dir(model: str, cache: Path) -> Path:
     return path
 
 
+# The bench's prompts: two terms of 1 or 2 digits ("47 + 38="), the default task before 2026-12, so that
+# its figures stay comparable with the ones measured then.
+TASK = ["task=chain_sum", "task.config={min_terms:2,max_terms:2,min_digits:1,max_digits:2}", "task.train_size=512"]
+
+
 def task_and_prompts(count: int) -> tuple:
     """The chain_sum task (its reward) and its first `count` training rows, in order."""
     from hydra import compose, initialize_config_dir
@@ -82,7 +87,7 @@ def task_and_prompts(count: int) -> tuple:
     from training.checks import CONF_DIR
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=["task=chain_sum", "task.train_size=512"])
+        cfg = compose("config", overrides=TASK)
     task = instantiate(cfg.task)
     return task, [task.train_dataset()[i] for i in range(count)]
 
@@ -147,8 +152,8 @@ def run_ptlab(algorithm: str, path: Path, prompt_count: int, group_size: int, ma
     from training.checks import CONF_DIR, build
     from training.data import prompt_loader
 
-    overrides = [f"algorithm={algorithm}", "model=hf", f"model.path={path}", "warmstart=none", "task=chain_sum",
-                 "task.train_size=512", f"task.max_new_tokens={max_new_tokens}", f"prompts_per_step={prompt_count}",
+    overrides = [f"algorithm={algorithm}", "model=hf", f"model.path={path}", "warmstart=none", *TASK,
+                 f"task.max_new_tokens={max_new_tokens}", f"prompts_per_step={prompt_count}",
                  f"group_size={group_size}", f"beta={BETA}", f"lr={LR}", "logger=none", "module.kl_diagnostic=false"]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=overrides, return_hydra_config=True)

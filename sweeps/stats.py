@@ -11,8 +11,10 @@ variance the seeds did not show), and the t interval is the conservative one. Un
 along: Welch's t test p-value and rliable's probability of improvement P(A > B) (Agarwal et al.,
 2021, "Deep RL at the edge of the statistical precipice").
 
-`seeds_needed` is a power estimate from the observed spread: the smallest n at which the paired t
-interval's half-width, t(0.975, n-1) * sd / sqrt(n), would fall below the observed mean difference.
+Claims are tested on unit differences (`difference`: a one-sample t test of A - B, or of a
+configuration minus its reference, one number per independent unit), corrected for multiplicity
+over a study's declared family (`holm`), and sized by power (`units_for_power`: the units a t test
+needs for 80% power at an effect size, from statsmodels' TTestPower, the noncentral t).
 """
 import math
 import warnings
@@ -64,63 +66,117 @@ def iqm_interval(values) -> tuple[float, float, float]:
             *bootstrap_interval(values, metrics.aggregate_iqm))
 
 
+ALTERNATIVES = ("two-sided", "greater", "less")  # A - B != 0, > 0, < 0
+POWER = 0.8
+
+
 @dataclass
-class Paired:
-    """A against B on the seeds both ran."""
-    seeds: list
-    differences: np.ndarray  # A_s - B_s, one per seed
+class Difference:
+    """A - B over independent units (warm starts, or seeds where each seed has its own warm start).
+
+    `mean`, `sd` (ddof 1) and the two-sided (1 - alpha) Student t interval [low, high] of the unit
+    differences; `p` the t test's p-value for `alternative` (two-sided: A != B; greater: A > B; less:
+    A < B), nan when it cannot be computed (fewer than 2 units, or every difference the same)."""
+    units: int
     mean: float
-    t_low: float
-    t_high: float
-    boot_low: float
-    boot_high: float
-    p_paired: float          # paired t test, two-sided
-    p_welch: float           # Welch's unpaired t test, two-sided
-    improvement: float       # P(A > B), rliable (Mann-Whitney over seeds)
+    sd: float
+    low: float
+    high: float
+    p: float
+    alternative: str
 
     @property
-    def significant(self) -> bool:
-        return (self.t_low > 0 and self.boot_low > 0) or (self.t_high < 0 and self.boot_high < 0)
-
-    @property
-    def verdict(self) -> str:
-        return "significant" if self.significant else "not significant"
-
-
-def paired(a: dict, b: dict) -> Paired:
-    """Compare {seed: value} of A and B on their common seeds (at least 2)."""
-    seeds = sorted(set(a) & set(b))
-    if len(seeds) < 2:
-        raise ValueError(f"a paired comparison needs at least 2 common seeds; A has {sorted(a)}, B has {sorted(b)}")
-    x = np.array([a[s] for s in seeds], dtype=float)
-    y = np.array([b[s] for s in seeds], dtype=float)
-    d = x - y
-    mean, half = t_interval(d)
-    with warnings.catch_warnings():  # scipy warns of precision loss on a constant sample; the result stands
-        warnings.simplefilter("ignore", RuntimeWarning)
-        if np.all(d == d[0]):  # no spread: the t test is undefined; a constant non-zero shift is exact
-            t_low = t_high = mean
-            p_paired = 1.0 if mean == 0 else 0.0
-        else:
-            t_low, t_high = mean - half, mean + half
-            p_paired = float(stats.ttest_rel(x, y).pvalue)
-        same = np.array_equal(np.sort(x), np.sort(y))
-        p_welch = 1.0 if same else float(stats.ttest_ind(x, y, equal_var=False).pvalue)
-    boot_low, boot_high = bootstrap_interval(d, np.mean)
-    from rliable import metrics
-
-    improvement = float(metrics.probability_of_improvement(x.reshape(-1, 1), y.reshape(-1, 1)))
-    return Paired(seeds, d, mean, t_low, t_high, boot_low, boot_high, p_paired,
-                  1.0 if math.isnan(p_welch) else p_welch, improvement)
-
-
-def seeds_needed(differences, limit: int = 1000) -> int | None:
-    """Smallest n whose paired t interval half-width would be below |mean difference|, given the
-    observed standard deviation of the differences; None if the mean is 0 or n would exceed limit."""
-    d = np.asarray(differences, dtype=float)
-    mean, sd = abs(float(d.mean())), float(d.std(ddof=1)) if len(d) > 1 else float("nan")
-    if mean == 0 or math.isnan(sd):
+    def testable(self) -> str | None:
+        """Why no significance can be claimed from these units, or None if it can."""
+        if self.units < 3:
+            return f"untestable: {self.units} unit{'s' * (self.units != 1)} (3 or more needed)"
+        if not self.sd > 0:
+            return "untestable: every unit gives the same difference (zero variance)"
         return None
-    if sd == 0:
-        return 2
-    return next((n for n in range(2, limit + 1) if stats.t.ppf(0.5 + CONFIDENCE / 2, n - 1) * sd / math.sqrt(n) < mean), None)
+
+    @property
+    def effect_size(self) -> float:
+        """Cohen's d_z: mean / sd of the unit differences (nan without spread)."""
+        return self.mean / self.sd if self.sd > 0 else float("nan")
+
+
+def difference(values, alternative: str = "two-sided", alpha: float = 0.05) -> Difference:
+    """The t test of unit differences `values` (one number per independent unit) against 0."""
+    if alternative not in ALTERNATIVES:
+        raise ValueError(f"alternative={alternative!r}: one of {', '.join(ALTERNATIVES)}")
+    d = np.asarray(values, dtype=float)
+    mean = float(d.mean()) if len(d) else float("nan")
+    sd = float(d.std(ddof=1)) if len(d) > 1 else float("nan")
+    if len(d) < 2 or not sd > 0:
+        return Difference(len(d), mean, sd, float("nan"), float("nan"), float("nan"), alternative)
+    half = float(stats.t.ppf(1 - alpha / 2, len(d) - 1) * sd / math.sqrt(len(d)))
+    p = float(stats.ttest_1samp(d, 0.0, alternative=alternative).pvalue)
+    return Difference(len(d), mean, sd, mean - half, mean + half, p, alternative)
+
+
+def holm(pvalues, alpha: float = 0.05) -> tuple[list[bool], list[float]]:
+    """Holm-Bonferroni over a family of p-values (statsmodels' multipletests): which are rejected at
+    family-wise error alpha, and the adjusted p-values. nan (an untestable claim) counts in the
+    family as p = 1: it is never rejected and still makes the family larger."""
+    from statsmodels.stats.multitest import multipletests
+
+    if len(pvalues) == 0:
+        return [], []
+    filled = [1.0 if p is None or math.isnan(p) else float(p) for p in pvalues]
+    reject, adjusted, _, _ = multipletests(filled, alpha=alpha, method="holm")
+    return [bool(r) for r in reject], [float(a) for a in adjusted]
+
+
+def benjamini_hochberg(pvalues) -> list[float]:
+    """Benjamini-Hochberg q-values (statsmodels): false-discovery-rate adjusted p-values for a large
+    exploratory family; nan stays nan."""
+    from statsmodels.stats.multitest import multipletests
+
+    known = [i for i, p in enumerate(pvalues) if p is not None and not math.isnan(p)]
+    q = [float("nan")] * len(pvalues)
+    if known:
+        for i, value in zip(known, multipletests([pvalues[i] for i in known], method="fdr_bh")[1]):
+            q[i] = float(value)
+    return q
+
+
+def power(units: int, effect_size: float, alpha: float, alternative: str = "two-sided") -> float:
+    """Power of the one-sample (paired) t test with `units` units to detect a true standardised
+    effect `effect_size` (mean / sd of the unit differences) at level alpha (statsmodels' TTestPower,
+    the noncentral t). Where the noncentral t's tail underflows (power numerically 1 at large
+    effect x sqrt(units): scipy returns nan there) the normal approximation takes over."""
+    from statsmodels.stats.power import TTestPower
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        value = float(TTestPower().power(effect_size=effect_size, nobs=units, alpha=alpha,
+                                         alternative={"greater": "larger", "less": "smaller"}.get(alternative, alternative)))
+    if math.isnan(value):
+        shift = effect_size * math.sqrt(units)
+        if alternative == "two-sided":
+            z = stats.norm.ppf(1 - alpha / 2)
+            value = float(stats.norm.sf(z - shift) + stats.norm.cdf(-z - shift))
+        else:
+            value = float(stats.norm.sf(stats.norm.ppf(1 - alpha) - (shift if alternative == "greater" else -shift)))
+    return value
+
+
+def units_for_power(effect_size: float, alpha: float, alternative: str = "two-sided", target: float = POWER,
+                    limit: int = 10_000) -> int | None:
+    """The fewest units (2 or more) whose t test at level alpha has power >= target against a true
+    standardised effect `effect_size`; None if the effect is 0, undefined, points against a one-sided
+    alternative, or needs more than `limit` units."""
+    if not math.isfinite(effect_size) or effect_size == 0:
+        return None
+    if (alternative == "greater" and effect_size < 0) or (alternative == "less" and effect_size > 0):
+        return None
+    if power(limit, effect_size, alpha, alternative) < target:
+        return None
+    low, high = 2, limit  # power rises with the units: bisect for the first that reaches the target
+    while low < high:
+        middle = (low + high) // 2
+        if power(middle, effect_size, alpha, alternative) >= target:
+            high = middle
+        else:
+            low = middle + 1
+    return low

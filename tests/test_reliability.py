@@ -14,7 +14,7 @@ import torch
 
 import run
 from storage import is_sealed
-from sweeps.report import load_runs
+from sweeps.runs import load_runs
 from tests.conftest import compose_config
 from tests.test_run import ROOT, TINY
 from training.interrupts import Interrupted, StopOnSignal

@@ -14,7 +14,7 @@ import run
 from tests.conftest import compose_config
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = ["task.train_size=256", "task.val_size=16", "warmstart.steps=3", "warmstart.batch_size=8",
+TINY = ["task.train_size=256", "task.val_size=16", "warmstart.steps=3", "warmstart.target_accuracy=null", "warmstart.batch_size=8",
         "prompts_per_step=2", "group_size=2", "trainer.val_check_interval=2", "trainer.enable_progress_bar=false",
         "trainer.enable_model_summary=false"]
 SUMMARY_KEYS = {"algorithm", "beta", "seed", "steps", "val/reward", "val/accuracy", "ref/val/reward",

@@ -1,6 +1,8 @@
 """summary.json: the numbers a run is judged by, beside its resolved config."""
 import json
 import math
+import os
+import subprocess
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -45,8 +47,22 @@ def environment() -> dict:
                platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
     return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
             "lightning": lightning.__version__, "cpu": cpu, "cpu_kernels": torch.backends.cpu.get_cpu_capability(),
-            "threads": torch.get_num_threads(),
-            "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+            "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None, **code_version()}
+
+
+def code_version() -> dict:
+    """The git commit of the code that ran and whether its tracked files differed from it (null
+    outside a git checkout), so a result can be traced to the code that made it."""
+    root = Path(__file__).resolve().parent.parent
+    git = lambda *args: subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=30)
+    try:
+        head, status = git("rev-parse", "HEAD"), git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+    if head.returncode != 0:
+        return {"commit": None, "dirty": None}
+    return {"commit": head.stdout.strip(), "dirty": bool(status.stdout.strip())}
 
 
 def logged_config(cfg, choices: dict) -> dict:

@@ -1,0 +1,75 @@
+"""How much does the default's reference depend on the machine? Builds the default warm start for
+several warm-start seeds at 1 and 2 threads (other thread counts round differently, as other CPUs
+do), evaluates each reference on the held-out prompts, and prints its sampled and greedy accuracy,
+the SFT steps the warm start took and the spread (max - min) of each column.
+
+    python -m bench.reference_spread                          # seeds 0-4, 1 and 2 threads
+    python -m bench.reference_spread --seeds 0-2 --threads 2 warmstart.target_accuracy=null warmstart.steps=800
+
+Each build runs `python run.py warmstart.seed=S trainer.max_steps=1` with OMP_NUM_THREADS=T in its
+own cache directory (a cached warm start would otherwise be reused across thread counts) and reads
+the reference's metrics (`ref/*`) from its summary.json. Extra arguments are overrides for every run.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+COLUMNS = ("ref/val/sampled_accuracy", "ref/val/accuracy")
+
+
+def seed_range(text: str) -> list[int]:
+    """"0-4" -> [0, 1, 2, 3, 4]; "0,2,7" -> [0, 2, 7]."""
+    if "-" in text:
+        first, last = text.split("-")
+        return list(range(int(first), int(last) + 1))
+    return [int(part) for part in text.split(",")]
+
+
+def build_and_evaluate(seed: int, threads: int, workdir: Path, overrides: list[str]) -> dict:
+    out = workdir / f"threads{threads}-seed{seed}"
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PTLAB_CACHE_DIR": str(workdir / f"cache-threads{threads}")}
+    command = [sys.executable, str(ROOT / "run.py"), f"warmstart.seed={seed}", "trainer.max_steps=1",
+               "trainer.val_check_interval=1", "logger=none", "export=none", "callbacks.samples=null",
+               f"hydra.run.dir={out}", *overrides]
+    done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"warm start seed {seed} at {threads} threads failed:\n{done.stderr[-2000:]}")
+    summary = json.loads((out / "summary.json").read_text())
+    manifest = json.loads((Path(summary["warmstart"]) / "ptlab_warmstart.json").read_text())
+    record = manifest.get("record", manifest)
+    return {"seed": seed, "threads": threads, **{key: summary[key] for key in COLUMNS},
+            "steps": record.get("steps"), "calibration": record.get("calibration_accuracy"),
+            "seconds": record.get("seconds")}
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", default="0-4", help="warm-start seeds, e.g. 0-4 or 0,3")
+    parser.add_argument("--threads", default="1,2", help="thread counts, e.g. 1,2")
+    parser.add_argument("--workdir", type=Path, help="where runs and caches go (default: a temporary directory)")
+    args, overrides = parser.parse_known_args(argv)
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="reference_spread-"))
+    rows = []
+    print("| warm-start seed | threads | sampled accuracy | greedy accuracy | SFT steps | calibration | seconds |")
+    print("|---|---|---|---|---|---|---|")
+    for threads in seed_range(args.threads):
+        for seed in seed_range(args.seeds):
+            row = build_and_evaluate(seed, threads, workdir, overrides)
+            rows.append(row)
+            print(f"| {seed} | {threads} | {row[COLUMNS[0]]:.3f} | {row[COLUMNS[1]]:.3f} | {row['steps']} "
+                  f"| {row['calibration'] if row['calibration'] is None else round(row['calibration'], 3)} "
+                  f"| {row['seconds']:.0f} |", flush=True)
+    for column in COLUMNS:
+        values = [row[column] for row in rows]
+        print(f"{column}: spread {max(values) - min(values):.3f} (min {min(values):.3f}, max {max(values):.3f}) "
+              f"over {len(values)} builds")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

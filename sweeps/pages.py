@@ -1,0 +1,186 @@
+"""Results pages: docs/results/<experiment>.md and its PNGs, written by commands, never by hand.
+
+    python -m sweeps.report multirun/algorithms --page        # the study's page, from its runs
+    python -m sweeps.replicate algorithms --seeds 100-105     # adds a replication to it
+
+A page is rendered from docs/results/<experiment>.json, which holds everything on it: the report
+of the runs (claims, tables, exploratory pairs), the claims' numbers (what a replication is
+checked against), the provenance of the numbers (commit and whether the tree was clean, dates, CPU
+model and kernel level, threads, library versions, seeds, the command, wall time) and the
+replications. The hash of the experiment's composed config is on the page; `config_hash` recomputes
+it and a test flags a page whose experiment has changed since (tests/test_pages.py). Before writing,
+each configuration's resolved config.yaml is checked against the experiment composed now with that
+job's overrides: a page is never written from runs of another config.
+"""
+import datetime
+import hashlib
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import yaml
+from omegaconf import OmegaConf
+
+from sweeps.runs import Run
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "docs" / "results"
+# Keys of a job's config.yaml that depend on where and on which machine it ran, not on the experiment.
+LOCAL_KEYS = ("cache_dir", "warmstart.cache_dir", "sampler.cache_dir", "model.model.cache_dir", "callbacks.checkpoint.dirpath",
+              "callbacks.samples.output_dir", "logger.csv.save_dir", "logger.wandb.save_dir", "trainer.default_root_dir")
+
+
+def compose(overrides: list[str], hydra: bool = False):
+    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return hydra_compose("config", overrides=overrides, return_hydra_config=hydra)
+
+
+def config_hash(experiment: str) -> str:
+    """SHA-256 (12 hex digits) of the experiment's composed config, interpolations unresolved (so it
+    does not depend on the machine), Hydra's own node left out."""
+    cfg = compose([f"experiment={experiment}"])
+    return hashlib.sha256(OmegaConf.to_yaml(cfg).encode()).hexdigest()[:12]
+
+
+def flatten(node, prefix: str = "") -> dict:
+    if isinstance(node, dict):
+        return {k: v for key, value in node.items() for k, v in flatten(value, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: node}
+
+
+def config_mismatch(runs: list[Run]) -> str | None:
+    """The first key where a job's resolved config.yaml differs from what the experiment, composed now
+    with that job's overrides, gives; None if every job agrees."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    for run in runs:
+        if not run.config:
+            continue
+        overrides = yaml.safe_load((run.directory / ".hydra" / "overrides.yaml").read_text()) or []
+        cfg = compose(overrides, hydra=True)
+        with open_dict(cfg):
+            cfg.hydra.runtime.output_dir, cfg.hydra.job.num = str(run.directory), 0
+        HydraConfig.instance().set_config(cfg)
+        now = flatten(OmegaConf.to_container(cfg, resolve=True) | {"hydra": None})
+        then = flatten(run.config | {"hydra": None})
+        for key in sorted(set(now) | set(then)):
+            if key.startswith(LOCAL_KEYS) or key == "hydra":
+                continue
+            if now.get(key) != then.get(key):
+                return f"{run.label}: {key} is {then.get(key)!r} in {run.directory / 'config.yaml'}, {now.get(key)!r} now"
+    return None
+
+
+def command(runs: list[Run], directory: Path) -> str:
+    """The multirun command that made these jobs: Hydra's own overrides from multirun.yaml, then
+    every job override with the values it took across the jobs."""
+    values = defaultdict(list)
+    for run in runs:
+        overrides_file = run.directory / ".hydra" / "overrides.yaml"
+        for override in (yaml.safe_load(overrides_file.read_text()) or []) if overrides_file.exists() else []:
+            key, value = override.split("=", 1)
+            if value not in values[key]:
+                values[key].append(value)
+    hydra_overrides = []
+    multirun = directory / "multirun.yaml"
+    if multirun.exists():
+        hydra_overrides = (yaml.safe_load(multirun.read_text()).get("hydra", {}).get("overrides", {}).get("hydra") or [])
+    parts = [o for o in hydra_overrides if not o.startswith(("hydra.sweep.dir", "hydra.mode"))]
+    first = sorted(values, key=lambda key: key != "experiment")  # experiment=... first, as one types it
+    parts = [f"{key}={','.join(values[key])}" for key in first] + parts
+    return "python run.py -m " + " ".join(parts)
+
+
+def provenance(runs: list[Run], directory: Path) -> dict:
+    """Where the numbers come from, read off the jobs' summaries (each records its environment)."""
+    done = [run for run in runs if run.summary.get("environment")]
+    env = lambda key: sorted({str(run.summary["environment"].get(key)) for run in done})
+    ends = [(run.directory / "summary.json").stat().st_mtime for run in runs]
+    starts = [end - (run.summary.get("wall_seconds") or 0) for end, run in zip(ends, runs)]
+    stamp = lambda t: datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    commits = sorted({(run.summary["environment"].get("commit"), run.summary["environment"].get("dirty")) for run in done},
+                     key=str)
+    return {
+        "commit": [f"{commit[:10] if commit else 'unknown'} ({'uncommitted changes' if dirty else 'clean tree'})"
+                   for commit, dirty in commits],
+        "dates": f"{stamp(min(starts))} to {stamp(max(ends))}",
+        "cpu": env("cpu"), "cpu kernels": env("cpu_kernels"), "threads per job": env("threads"),
+        "python": env("python"), "torch": env("torch"), "transformers": env("transformers"), "lightning": env("lightning"),
+        "seeds": sorted({run.seed for run in runs if run.seed is not None}),
+        "jobs": f"{len(runs)} ({sum(run.failed for run in runs)} failed)",
+        "command": command(runs, directory),
+        "wall time": f"{(max(ends) - min(starts)) / 60:.1f} min from first start to last end; "
+                     f"{sum(run.summary.get('wall_seconds') or 0 for run in runs) / 60:.1f} min summed over jobs",
+    }
+
+
+def provenance_table(record: dict) -> str:
+    lines = ["| | |", "|---|---|"]
+    for key, value in record.items():
+        text = ", ".join(map(str, value)) if isinstance(value, list) else str(value)
+        lines.append(f"| {key} | {'`' + text + '`' if key == 'command' else text} |")
+    return "\n".join(lines)
+
+
+def claim_record(result) -> dict:
+    t = result.test
+    return {"name": result.claim.name, "a": result.claim.a, "b": result.claim.b, "metric": result.claim.metric,
+            "expect": result.claim.expect, "units": t.units, "mean": t.mean, "sd": t.sd, "low": t.low, "high": t.high,
+            "p": t.p, "adjusted": result.adjusted, "significant": result.significant, "verdict": result.verdict,
+            "units_needed": result.units_needed, "covers": result.data.covers, "seeds": sorted(result.data.a)}
+
+
+def write_page(directory: Path, runs: list[Run], options: dict, argv) -> Path:
+    """Write docs/results/<experiment>.md (+ .json and PNGs) from the runs in `directory`."""
+    from sweeps import claims, report
+
+    experiment = next((run.config.get("sweep") for run in runs if run.config.get("sweep")), None)
+    if not experiment or not (ROOT / "sweeps" / "experiment" / f"{experiment}.yaml").exists():
+        raise SystemExit(f"error: the runs in {directory} are not of a shipped experiment (their `sweep` is {experiment!r})")
+    mismatch = config_mismatch(runs)
+    if mismatch:
+        raise SystemExit(f"error: not writing the page of {experiment}: its runs were made with another config ({mismatch})")
+    images = RESULTS / experiment
+    images.mkdir(parents=True, exist_ok=True)
+    body = report.render(runs, options, images).replace("](", f"]({experiment}/")
+    study = claims.study_of(runs)
+    results = claims.evaluate(claims.declared_seeds(runs, study)[0], study) if study and study.claims else []
+    data = {"experiment": experiment, "config_hash": config_hash(experiment),
+            "generated_by": "python -m sweeps.report " + " ".join(map(str, argv or [directory, "--page"])),
+            "status": None, "provenance": provenance(runs, directory), "alpha": study.alpha if study else None,
+            "claims": [claim_record(result) for result in results], "body": body, "replications": []}
+    old = RESULTS / f"{experiment}.json"
+    if old.exists():  # replications of the same claims on the same config stay; others were of other numbers
+        previous = json.loads(old.read_text())
+        if previous.get("config_hash") == data["config_hash"] and previous.get("claims") == data["claims"]:
+            data["replications"] = previous.get("replications", [])
+    return save(data)
+
+
+def save(data: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{data['experiment']}.json").write_text(json.dumps(data, indent=1, default=str) + "\n")
+    page = RESULTS / f"{data['experiment']}.md"
+    page.write_text(render_page(data))
+    return page
+
+
+def render_page(data: dict) -> str:
+    from sweeps.replicate import replication_section
+
+    header = (f"# Results: `{data['experiment']}`\n\n"
+              f"<!-- Generated from {data['experiment']}.json by sweeps/pages.py: do not edit by hand. -->\n"
+              f"Generated by `{data['generated_by']}` from the runs of `sweeps/experiment/{data['experiment']}.yaml` "
+              f"(config hash `{data['config_hash']}`); replications by `python -m sweeps.replicate`. "
+              "Not edited by hand.")
+    if data.get("status"):
+        header += f"\n\n**Status: {data['status']}**"
+    sections = [header, "## Provenance\n\n" + provenance_table(data["provenance"])]
+    sections += [replication_section(record, data) for record in data.get("replications", [])]
+    sections.append("## Report\n\n" + data["body"])
+    return "\n\n".join(sections) + "\n"

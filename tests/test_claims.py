@@ -1,0 +1,168 @@
+"""Declared claims: the multiplicity correction, the power figure and the replication verdicts,
+checked against hand-computed cases and an independent noncentral-t computation; "significant"
+never from 2 seeds or a zero-variance difference; seeds sharing a warm start averaged first."""
+import json
+import math
+
+import numpy as np
+import pytest
+import yaml
+from scipy import stats as scipy_stats
+
+from sweeps import claims, stats
+from sweeps.replicate import configurations, verdict
+from sweeps.report import main as report
+from sweeps.runs import load_runs
+
+
+def test_holm_by_hand():
+    # sorted p: 0.005 (x4 = 0.02), 0.01 (x3 = 0.03), 0.03 (x2 = 0.06), 0.04 (x1 = 0.04 -> 0.06, monotone)
+    reject, adjusted = stats.holm([0.01, 0.04, 0.03, 0.005], alpha=0.05)
+    assert adjusted == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert reject == [True, False, False, True]
+    # an untestable claim (nan) counts in the family as p = 1: the others are still corrected for 3
+    reject, adjusted = stats.holm([0.02, float("nan"), 0.01], alpha=0.05)
+    assert adjusted == pytest.approx([0.04, 1.0, 0.03]) and reject == [True, False, True]
+
+
+def noncentral_t_power(units: int, effect: float, alpha: float, two_sided: bool) -> float:
+    """Power of the one-sample t test, straight from the noncentral t distribution (scipy)."""
+    df, shift = units - 1, effect * math.sqrt(units)
+    if two_sided:
+        critical = scipy_stats.t.ppf(1 - alpha / 2, df)
+        return scipy_stats.nct.sf(critical, df, shift) + scipy_stats.nct.cdf(-critical, df, shift)
+    return scipy_stats.nct.sf(scipy_stats.t.ppf(1 - alpha, df), df, shift)
+
+
+@pytest.mark.parametrize("effect, alpha, alternative", [(1.0, 0.05, "two-sided"), (0.5, 0.05, "two-sided"),
+                                                        (0.8, 0.01, "greater"), (1.6, 0.01, "two-sided")])
+def test_units_for_80_percent_power_match_the_noncentral_t(effect, alpha, alternative):
+    units = stats.units_for_power(effect, alpha, alternative)
+    two_sided = alternative == "two-sided"
+    assert noncentral_t_power(units, effect, alpha, two_sided) >= 0.8 > noncentral_t_power(units - 1, effect, alpha, two_sided)
+    assert stats.power(units, effect, alpha, alternative) == pytest.approx(noncentral_t_power(units, effect, alpha, two_sided), abs=1e-6)
+
+
+def test_power_figures_by_hand():
+    # textbook figures for a paired t test at alpha 0.05 two-sided: d = 1 needs 10 pairs, d = 0.5 needs 34
+    assert stats.units_for_power(1.0, 0.05) == 10 and stats.units_for_power(0.5, 0.05) == 34
+    assert stats.units_for_power(-0.5, 0.05, "greater") is None  # the effect points the other way
+    assert stats.units_for_power(0.0, 0.05) is None
+    # where scipy's noncentral t underflows (nan), power is 1, not a failure to reach 0.8
+    assert stats.power(1251, 1.0, 0.05) == pytest.approx(1.0)
+    # the old "seeds needed" (the n at which the t interval just excludes the mean: 7 at d = 1) had
+    # 60% power, not 80%
+    assert stats.power(7, 1.0, 0.05) == pytest.approx(0.600, abs=0.001)
+
+
+def test_two_units_and_zero_variance_are_never_significant():
+    two = stats.difference([0.50, 0.51])  # t = 101 on 1 dof: p 0.006
+    assert two.p < 0.05 and two.testable.startswith("untestable: 2 units")  # p alone would say yes
+    constant = stats.difference([0.1, 0.1, 0.1, 0.1])
+    assert math.isnan(constant.p) and "zero variance" in constant.testable
+    assert stats.difference([0.1, 0.2, 0.3]).testable is None
+
+
+def test_one_sided_claim_by_hand():
+    # differences 1, 2, 3: t = 2 / (1 / sqrt 3) = 3.464 on 2 dof; two-sided p 0.0742, one-sided 0.0371
+    assert stats.difference([1, 2, 3]).p == pytest.approx(0.0742, abs=1e-4)
+    assert stats.difference([1, 2, 3], "greater").p == pytest.approx(0.0371, abs=1e-4)
+    assert stats.difference([1, 2, 3], "less").p == pytest.approx(1 - 0.0371, abs=1e-4)
+    low, high = stats.difference([1, 2, 3]).low, stats.difference([1, 2, 3]).high
+    assert (low, high) == pytest.approx((2 - 4.3027 / math.sqrt(3), 2 + 4.3027 / math.sqrt(3)), abs=1e-3)
+
+
+STUDY = {"metric": "val/accuracy", "alpha": 0.05, "seeds": 4,
+         "claims": [{"a": "algorithm=gvpo", "b": "reference", "expect": "greater"},
+                    {"a": "algorithm=gvpo", "b": "algorithm=grpo"}]}
+
+
+def write_job(root, algorithm: str, seed: int, value: float, reference: float, warm: str, study=STUDY):
+    job = root / f"algorithm={algorithm},seed={seed}"
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text(f"- experiment=x\n- algorithm={algorithm}\n- seed={seed}\n")
+    (job / "config.yaml").write_text(yaml.safe_dump({"seed": seed, "sweep": "x", "study": study, "task": {"seed": seed}}))
+    (job / "summary.json").write_text(json.dumps({"algorithm": algorithm, "seed": seed, "status": "completed",
+                                                  "val/accuracy": value, "ref/val/accuracy": reference, "warmstart": warm}))
+
+
+def test_declared_claims_are_corrected_and_labelled(tmp_path):
+    gains = {0: 0.05, 1: 0.07, 2: 0.06, 3: 0.065, 4: 0.5}  # seed 4 is beyond the 4 declared: left out
+    for seed, gain in gains.items():
+        write_job(tmp_path, "gvpo", seed, 0.3 + gain, 0.3, f"ws{seed}")
+        write_job(tmp_path, "grpo", seed, 0.3 + gain + [0.01, -0.02, 0.0, 0.005, 0.0][seed], 0.3, f"ws{seed}")
+        write_job(tmp_path, "rloo", seed, 0.3, 0.3, f"ws{seed}")
+    text = report([str(tmp_path), "--metrics", "val/accuracy", "--plot", ""])
+    rows = {line.split(" | ")[0].lstrip("| "): [c.strip() for c in line.strip("|").split("|")]
+            for line in text.splitlines() if line.startswith("| algorithm=")}
+    by_hand = stats.difference([0.05, 0.07, 0.06, 0.065], "greater")
+    vs_reference = rows["algorithm=gvpo - reference"]
+    assert vs_reference[3] == "4" and float(vs_reference[6]) == pytest.approx(0.06125, abs=1e-3)
+    assert float(vs_reference[9]) == pytest.approx(by_hand.p, rel=1e-2)
+    adjusted = stats.holm([by_hand.p, stats.difference([-0.01, 0.02, 0.0, -0.005]).p])[1][0]
+    assert float(vs_reference[10]) == pytest.approx(adjusted, rel=1e-2) and vs_reference[11] == "**significant: A > B**"
+    assert "run seed, warm start, prompts (task seed)" == vs_reference[13]
+    assert rows["algorithm=gvpo - algorithm=grpo"][11] == "**not significant**"
+    assert "Seeds [4] are beyond the 4 declared" in text
+    exploratory = text[text.index("### Exploratory pairs"):]
+    assert "| algorithm=grpo - algorithm=rloo | 4 |" in exploratory and "algorithm=gvpo - algorithm=grpo |" not in exploratory
+
+
+def test_seeds_sharing_a_warm_start_are_averaged_into_one_unit(tmp_path):
+    for seed, (warm, gain) in enumerate([("a", 0.1), ("a", 0.3), ("b", 0.0), ("b", 0.2), ("c", 0.5), ("c", 0.1)]):
+        write_job(tmp_path, "gvpo", seed, 0.2 + gain, 0.2, warm, study={**STUDY, "seeds": 6})
+    runs = load_runs(tmp_path)
+    data = claims.paired(runs, "algorithm=gvpo", "reference", "val/accuracy")
+    assert sorted(data.units) == pytest.approx([0.1, 0.2, 0.3])  # per warm start: (0.1+0.3)/2, (0+0.2)/2, (0.5+0.1)/2
+    assert "3 warm starts, seeds averaged within each" in data.covers
+
+
+def test_two_seeds_never_give_significant(tmp_path):
+    for seed in (0, 1):
+        write_job(tmp_path, "gvpo", seed, 0.9, 0.1 + 0.001 * seed, f"ws{seed}", study={**STUDY, "seeds": 2})
+        write_job(tmp_path, "grpo", seed, 0.1, 0.1, f"ws{seed}", study={**STUDY, "seeds": 2})
+    text = report([str(tmp_path), "--metrics", "val/accuracy", "--plot", ""])
+    assert "significant:" not in text and text.count("untestable: 2 units") == 2
+
+
+def original(mean, sd, significant=True, expect="two-sided"):
+    return {"mean": mean, "sd": sd, "significant": significant, "expect": expect, "verdict": "significant: A > B"}
+
+
+def result_of(values, alpha=0.05, family=1):
+    study = claims.Study("m", alpha, len(values), (claims.Claim("a=1", "a=2", "m"),))
+    test = stats.difference(values)
+    reject, adjusted = stats.holm([test.p] * family, alpha)
+    return claims.Result(study.claims[0], None, test, adjusted[0], reject[0] and test.testable is None)
+
+
+def test_replication_verdicts():
+    rng = np.random.default_rng(0)
+    same = result_of(list(0.05 + 0.01 * rng.standard_normal(6)))
+    assert verdict(original(0.05, 0.01), same, 1, 0.05) == ("replicated", "")
+    reversed_ = result_of(list(-0.05 + 0.01 * rng.standard_normal(6)))
+    assert verdict(original(0.05, 0.01), reversed_, 1, 0.05)[0] == "not replicated"
+    null = result_of([0.01, -0.01, 0.02, -0.02, 0.0, 0.005])
+    # the original effect was d_z = 5: six units have all the power to see it, and did not
+    assert verdict(original(0.05, 0.01), null, 1, 0.05)[0] == "not replicated"
+    # a small original effect (d_z 0.5): six units have little power, so the re-run cannot tell
+    label, note = verdict(original(0.01, 0.02), null, 1, 0.05)
+    assert label == "inconclusive" and f"{stats.units_for_power(0.5, 0.05)} units for 80%" in note
+    assert verdict(original(0.05, 0.01, significant=False), same, 1, 0.05)[0] == "original not significant"
+
+
+def test_replication_runs_the_configurations_the_claims_name_in_the_sweeps_spelling():
+    study = claims.declared({"metric": "m", "alpha": 0.05, "seeds": 3, "claims": [
+        {"a": "algorithm=gvpo,regime=stale", "b": "algorithm=grpo,regime=stale"},
+        {"a": "algorithm=gvpo,regime=stale", "b": "reference"}]})
+    assert configurations(study, ["+regime", "algorithm", "seed"]) == [["algorithm=gvpo", "+regime=stale"],
+                                                                        ["algorithm=grpo", "+regime=stale"]]
+
+
+def test_a_bad_declaration_is_refused_naming_the_key():
+    from schema import ConfigError
+
+    with pytest.raises(ConfigError, match=r"study.claims\[0\].expect='up' is not allowed"):
+        claims.declared({**STUDY, "claims": [{"a": "algorithm=gvpo", "b": "reference", "expect": "up"}]})
+    with pytest.raises(ConfigError, match="study.alpha=2"):
+        claims.declared({**STUDY, "alpha": 2})
