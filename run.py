@@ -21,7 +21,7 @@ from schema import ConfigError, RunStopped
 from training.checks import build, check_config
 from training.outputs import OutputDirectoryTaken, claim
 from training.prelaunch import check_command_line
-from training.summary import environment, headline, logged_config, write_config, write_failure, write_summary
+from training.summary import code_version, environment, headline, logged_config, write_config, write_failure, write_summary
 
 os.environ.setdefault("WANDB_SILENT", "true")
 
@@ -29,6 +29,7 @@ os.environ.setdefault("WANDB_SILENT", "true")
 def train(cfg: DictConfig) -> dict:
     """One run; returns its summary (also written to <output_dir>/summary.json)."""
     start = time.perf_counter()
+    code_version()  # the commit of the code this run imported, read now (summary.json's environment)
     hydra_cfg = HydraConfig.get()
     choices = dict(hydra_cfg.runtime.choices)
     algorithm = check_config(cfg, choices)  # bad input fails here, in seconds

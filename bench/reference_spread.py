@@ -9,6 +9,8 @@ the SFT steps the warm start took and the spread (max - min) of each column.
 Each build runs `python run.py warmstart.seed=S trainer.max_steps=1` with OMP_NUM_THREADS=T in its
 own cache directory (a cached warm start would otherwise be reused across thread counts) and reads
 the reference's metrics (`ref/*`) from its summary.json. Extra arguments are overrides for every run.
+A build already in the work directory is read, not redone, so `--page` on a finished work directory
+writes docs/results/reference_spread.md (the table, the spreads and their provenance) without rerunning.
 """
 import argparse
 import json
@@ -52,23 +54,50 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--seeds", default="0-4", help="warm-start seeds, e.g. 0-4 or 0,3")
     parser.add_argument("--threads", default="1,2", help="thread counts, e.g. 1,2")
     parser.add_argument("--workdir", type=Path, help="where runs and caches go (default: a temporary directory)")
+    parser.add_argument("--page", action="store_true", help="write docs/results/reference_spread.md")
     args, overrides = parser.parse_known_args(argv)
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="reference_spread-"))
-    rows = []
-    print("| warm-start seed | threads | sampled accuracy | greedy accuracy | SFT steps | calibration | seconds |")
-    print("|---|---|---|---|---|---|---|")
+    workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="reference_spread-"))).resolve()
+    rows, lines = [], [HEADER, "|---|---|---|---|---|---|---|"]
+    print("\n".join(lines), flush=True)
     for threads in seed_range(args.threads):
         for seed in seed_range(args.seeds):
             row = build_and_evaluate(seed, threads, workdir, overrides)
             rows.append(row)
-            print(f"| {seed} | {threads} | {row[COLUMNS[0]]:.3f} | {row[COLUMNS[1]]:.3f} | {row['steps']} "
-                  f"| {row['calibration'] if row['calibration'] is None else round(row['calibration'], 3)} "
-                  f"| {row['seconds']:.0f} |", flush=True)
+            lines.append(f"| {seed} | {threads} | {row[COLUMNS[0]]:.3f} | {row[COLUMNS[1]]:.3f} | {row['steps']} "
+                         f"| {row['calibration'] if row['calibration'] is None else round(row['calibration'], 3)} "
+                         f"| {row['seconds']:.0f} |")
+            print(lines[-1], flush=True)
+    spreads = []
     for column in COLUMNS:
         values = [row[column] for row in rows]
-        print(f"{column}: spread {max(values) - min(values):.3f} (min {min(values):.3f}, max {max(values):.3f}) "
-              f"over {len(values)} builds")
+        spreads.append(f"{column}: spread {max(values) - min(values):.3f} (min {min(values):.3f}, max {max(values):.3f}) "
+                       f"over {len(values)} builds")
+    print("\n".join(spreads))
+    if args.page:
+        command = " ".join(["python -m bench.reference_spread", f"--seeds {args.seeds}", f"--threads {args.threads}", *overrides])
+        print(f"wrote {write_page(workdir, lines, spreads, command)}")
     return rows
+
+
+HEADER = "| warm-start seed | threads | sampled accuracy | greedy accuracy | SFT steps | calibration | seconds (warm start) |"
+
+
+def write_page(workdir: Path, lines: list[str], spreads: list[str], command: str) -> Path:
+    """docs/results/reference_spread.md from this measurement, with its provenance (sweeps/pages.py)."""
+    from sweeps import pages
+    from sweeps.runs import load_runs
+
+    record = pages.provenance(load_runs(workdir), workdir)
+    record["command"], record["seeds"] = command, "run seed 0; warm-start seeds as in the table"
+    body = ("The default config's reference, built for each warm-start seed at 1 and 2 threads (another thread count "
+            "rounds differently, as another CPU does) and evaluated on the held-out prompts: sampled accuracy "
+            "(1,000 prompts x 4 answers) and greedy accuracy. The warm start stops when the expected accuracy on its "
+            "calibration prompts reaches `warmstart.target_accuracy` (the calibration column: where it landed).\n\n"
+            + "\n".join(lines) + "\n\n" + "\n".join(f"- {line}" for line in spreads))
+    data = {"experiment": "reference_spread", "compose": [], "config_hash": pages.config_hash(None),
+            "generated_by": command + " --workdir <its work directory> --page", "status": None, "provenance": record, "alpha": None,
+            "claims": [], "body": body, "replications": []}
+    return pages.save(data)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """summary.json: the numbers a run is judged by, beside its resolved config."""
+import functools
 import json
 import math
 import os
@@ -51,9 +52,12 @@ def environment() -> dict:
             "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None, **code_version()}
 
 
+@functools.lru_cache(maxsize=1)
 def code_version() -> dict:
     """The git commit of the code that ran and whether its tracked files differed from it (null
-    outside a git checkout), so a result can be traced to the code that made it."""
+    outside a git checkout), so a result can be traced to the code that made it. Read once per
+    process, when the run starts (run.py calls it first): the code a run imported, not what the
+    checkout holds when it ends."""
     root = Path(__file__).resolve().parent.parent
     git = lambda *args: subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=30)
     try:
