@@ -1,4 +1,4 @@
-"""Post-training algorithms as rules for per-token weights (see ../shared/DESIGN.md, section 2).
+"""Post-training algorithms as rules for per-token weights (see docs/design.md, section 2).
 
 Each file holds one algorithm; conf/algorithm/<name>.yaml names its class. The registry is the
 config group: there is no name -> class table here.

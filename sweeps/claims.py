@@ -162,7 +162,7 @@ def coverage(runs: list[Run], clusters: int) -> str:
         parts.append("not the warm start (one for every seed)")
     task_seeds = {(run.config.get("task") or {}).get("seed") for run in runs}
     if len(task_seeds) > 1:
-        parts.append("prompts (task seed)")
+        parts.append("task draw (task.seed)")
     return ", ".join(parts)
 
 
@@ -248,13 +248,14 @@ def p_text(p: float) -> str:
 def claims_table(results: list[Result], study: Study) -> str:
     """The declared claims: estimate, interval, raw and Holm-corrected p, verdict, power figure."""
     confidence = f"{1 - study.alpha:.0%}"
-    lines = [f"| claim | expected | metric | units | A | B | A - B | t {confidence} interval | d_z | p | p (Holm, m={len(results)}) "
-             f"| verdict | units for 80% power | interval covers |", "|---" * 14 + "|"]
+    lines = [f"| claim | expected | metric | units | A | B | A - B | A > B in | t {confidence} interval | d_z | p "
+             f"| p (Holm, m={len(results)}) | verdict | units for 80% power | interval covers |", "|---" * 15 + "|"]
     for r in results:
         a_mean = sum(r.data.a.values()) / len(r.data.a) if r.data.a else float("nan")
         b_mean = sum(r.data.b.values()) / len(r.data.b) if r.data.b else float("nan")
         lines.append(f"| {r.claim.name} | {r.claim.expect} | {r.claim.metric} | {r.test.units} | {a_mean:.4g} | {b_mean:.4g} "
-                     f"| {digits(r.test.mean)} | [{digits(r.test.low)}, {digits(r.test.high)}] | {digits(r.test.effect_size)} "
+                     f"| {digits(r.test.mean)} | {sum(u > 0 for u in r.data.units)} of {len(r.data.units)} "
+                     f"| [{digits(r.test.low)}, {digits(r.test.high)}] | {digits(r.test.effect_size)} "
                      f"| {p_text(r.test.p)} | {p_text(r.adjusted)} | **{r.verdict}** | {power_text(r)} | {r.data.covers} |")
     return "\n".join(lines)
 

@@ -136,7 +136,8 @@ def claim_record(result) -> dict:
 
 
 def write_page(directory: Path, runs: list[Run], options: dict, argv) -> Path:
-    """Write docs/results/<experiment>.md (+ .json and PNGs) from the runs in `directory`."""
+    """Write docs/results/<experiment>.md (+ .json and PNGs) from the runs in `directory`; `argv` is
+    the report's command line (shown on the page, the directory as the experiment names it)."""
     from sweeps import claims, report
 
     experiment = next((run.config.get("sweep") for run in runs if run.config.get("sweep")), None)
@@ -151,7 +152,8 @@ def write_page(directory: Path, runs: list[Run], options: dict, argv) -> Path:
     study = claims.study_of(runs)
     results = claims.evaluate(claims.declared_seeds(runs, study)[0], study) if study and study.claims else []
     data = {"experiment": experiment, "config_hash": config_hash(experiment),
-            "generated_by": "python -m sweeps.report " + " ".join(map(str, argv or [directory, "--page"])),
+            "generated_by": " ".join(["python -m sweeps.report", f"multirun/{experiment}",  # where the experiment writes
+                                      *(a for a in map(str, argv or ["--page"]) if Path(a) != Path(directory))]),
             "status": None, "provenance": provenance(runs, directory), "alpha": study.alpha if study else None,
             "claims": [claim_record(result) for result in results], "body": body, "replications": []}
     old = RESULTS / f"{experiment}.json"

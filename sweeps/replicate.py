@@ -188,4 +188,9 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from schema import ConfigError
+
+    try:
+        main()
+    except ConfigError as error:
+        raise SystemExit(f"error: {error}") from None

@@ -14,6 +14,7 @@ defaults (metrics, pivot, plots), so its results are one command away.
 """
 import argparse
 import math
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -103,10 +104,11 @@ def claims_section(runs: list[Run], study: claims.Study, extra: list) -> str:
     """The declared claims, tested on the runs of the declared seeds; then the exploratory pairs."""
     results = claims.evaluate(runs, study)
     text = (f"### Declared claims\n\nDeclared in the experiment before it was run: {len(study.claims)} claims, {study.seeds} "
-            f"seeds, family-wise alpha {study.alpha} (Holm). One unit per independent warm start (seeds sharing one are "
-            "averaged); A - B is paired by seed; p is the t test's (one-sided where a direction is expected). "
-            "**Significant** needs the Holm-adjusted p below alpha, 3 or more units and non-zero spread; "
-            "'units for 80% power' is what a new study would need at the observed effect size (alpha / m).\n\n"
+            f"seeds, family-wise alpha {study.alpha} (Holm). A - B is paired by seed; a unit is a seed, or a warm start "
+            "where seeds share several (their differences averaged): 'interval covers' says what a unit redraws. p is the "
+            "t test's, one-sided where a direction is expected. **Significant** needs the Holm-adjusted p below alpha, "
+            "3 or more units and non-zero spread; 'units for 80% power' is what a new study would need at the observed "
+            "effect size (alpha / m). Method: docs/method.md.\n\n"
             + claims.claims_table(results, study))
     if extra:
         text += f"\n\nSeeds {extra} are beyond the {study.seeds} declared and left out of the claims."
@@ -185,7 +187,7 @@ def main(argv: list[str] | None = None) -> str:
     if args.page:
         from sweeps import pages
 
-        print(f"\nwrote {pages.write_page(args.directory, runs, options, argv)}")
+        print(f"\nwrote {pages.write_page(args.directory, runs, options, sys.argv[1:] if argv is None else argv)}")
     return body
 
 
@@ -201,4 +203,9 @@ def load(directory: Path) -> list[Run]:
 
 
 if __name__ == "__main__":
-    main()
+    from schema import ConfigError
+
+    try:
+        main()
+    except ConfigError as error:  # a study declaration the report cannot evaluate: one line
+        raise SystemExit(f"error: {error}") from None

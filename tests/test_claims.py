@@ -98,11 +98,12 @@ def test_declared_claims_are_corrected_and_labelled(tmp_path):
     by_hand = stats.difference([0.05, 0.07, 0.06, 0.065], "greater")
     vs_reference = rows["algorithm=gvpo - reference"]
     assert vs_reference[3] == "4" and float(vs_reference[6]) == pytest.approx(0.06125, abs=1e-3)
-    assert float(vs_reference[9]) == pytest.approx(by_hand.p, rel=1e-2)
+    assert vs_reference[7] == "4 of 4"
+    assert float(vs_reference[10]) == pytest.approx(by_hand.p, rel=1e-2)
     adjusted = stats.holm([by_hand.p, stats.difference([-0.01, 0.02, 0.0, -0.005]).p])[1][0]
-    assert float(vs_reference[10]) == pytest.approx(adjusted, rel=1e-2) and vs_reference[11] == "**significant: A > B**"
-    assert "run seed, warm start, prompts (task seed)" == vs_reference[13]
-    assert rows["algorithm=gvpo - algorithm=grpo"][11] == "**not significant**"
+    assert float(vs_reference[11]) == pytest.approx(adjusted, rel=1e-2) and vs_reference[12] == "**significant: A > B**"
+    assert "run seed, warm start, task draw (task.seed)" == vs_reference[14]
+    assert rows["algorithm=gvpo - algorithm=grpo"][12] == "**not significant**"
     assert "Seeds [4] are beyond the 4 declared" in text
     exploratory = text[text.index("### Exploratory pairs"):]
     assert "| algorithm=grpo - algorithm=rloo | 4 |" in exploratory and "algorithm=gvpo - algorithm=grpo |" not in exploratory
