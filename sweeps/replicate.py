@@ -33,7 +33,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from sweeps import claims, stats
-from sweeps.pages import RESULTS, ROOT, claim_record, compose, config_hash, provenance, provenance_table, save
+from sweeps.pages import RESULTS, ROOT, claim_record, compose, config_hash, config_mismatch, provenance, provenance_table, save
 from sweeps.runs import load_runs
 
 POWER = stats.POWER
@@ -111,8 +111,11 @@ def replicate(experiment: str, seeds: list[int], directory: Path, jobs: int = 1,
     if run:
         for overrides in configurations(study, list(swept)):
             run_jobs(experiment, overrides, seeds, directory, jobs, extra)
-    runs = load_runs(directory) if directory.is_dir() else []
-    results = claims.evaluate([r for r in runs if r.seed in seeds], study)
+    runs = [r for r in load_runs(directory) if r.seed in seeds] if directory.is_dir() else []
+    mismatch = config_mismatch(runs)
+    if mismatch:
+        raise SystemExit(f"error: the runs in {directory} were made with another config of {experiment} ({mismatch})")
+    results = claims.evaluate(runs, study)
     by_name = {(record["name"], record["metric"]): record for record in (original or {}).get("claims", [])}
     rows = []
     for result in results:
