@@ -44,14 +44,18 @@ def save_figure(plt, figure, axes, xlabel: str, ylabel: str, path: Path, logy: b
     return path
 
 
-def plot(runs: list[Run], metric: str, x: str, path: Path, logy: bool = False) -> Path | None:
-    """The metric's curve against x, one line per configuration: mean over seeds, band min..max."""
+def plot(runs: list[Run], metric: str, x: str, path: Path, logy: bool = False, gain: bool = False) -> Path | None:
+    """The metric's curve against x, one line per configuration: mean over seeds, band min..max.
+    gain=True: each run's curve minus its own reference value (`ref/<metric>`), band the 95% t
+    interval of the mean gain: where each seed has its own warm start and task draw, the seeds'
+    references differ, and the gain is what the claims against the reference compare."""
     plt, figure, axes = new_figure()
     groups = by_label([run for run in runs if not run.failed])
     styles = line_styles(list(groups), plt.cm.tab10.colors)
     drawn = False
     for label, group in groups.items():
-        curves = [c for c in (curve(run, metric, x) for run in group) if len(c[0]) > 1]
+        curves = [(xs, ys - (run.summary.get(f"ref/{metric}") or 0.0) if gain else ys)
+                  for run, (xs, ys) in ((run, curve(run, metric, x)) for run in group) if len(xs) > 1]
         if not curves:
             continue
         low, high = max(c[0].min() for c in curves), min(c[0].max() for c in curves)
@@ -59,12 +63,19 @@ def plot(runs: list[Run], metric: str, x: str, path: Path, logy: bool = False) -
         values = np.stack([np.interp(grid, xs, ys) for xs, ys in curves])
         colour, linestyle = styles[label]
         axes.plot(grid, values.mean(0), color=colour, linestyle=linestyle, linewidth=1.8, label=f"{label} (n={len(curves)})")
-        axes.fill_between(grid, values.min(0), values.max(0), color=colour, alpha=0.08)
+        if gain and len(curves) > 1:
+            half = np.array([mean_ci(column)[1] for column in values.T])
+            axes.fill_between(grid, values.mean(0) - half, values.mean(0) + half, color=colour, alpha=0.08)
+        else:
+            axes.fill_between(grid, values.min(0), values.max(0), color=colour, alpha=0.08)
         drawn = True
     if not drawn:
         plt.close(figure)
         return None
-    return save_figure(plt, figure, axes, x, metric, path, logy)
+    if gain:
+        axes.axhline(0.0, color="grey", linestyle=":", linewidth=1)
+    ylabel = f"{metric} - reference (mean, 95% t band)" if gain else metric
+    return save_figure(plt, figure, axes, x, ylabel, path, logy)
 
 
 def plot_final(runs: list[Run], metric: str, key: str, path: Path, logy: bool = False) -> Path | None:

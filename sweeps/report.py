@@ -150,6 +150,10 @@ def render(runs: list[Run], options: dict, directory: Path, compares=(), at=None
     images = []
     if options["plot"]:
         images += [plots.plot(runs, options["plot"], x, name(x), options["logy"]) for x in options["x"].split(",") if x]
+        references = {run.summary.get(f"ref/{options['plot']}") for run in runs} - {None}
+        if len(references) > 1 and "step" in options["x"].split(","):  # seeds start from different references
+            images.append(plots.plot(runs, options["plot"], "step", name("step").with_name(  # each seed against its own start
+                name("step").stem.replace("_vs_step", "_gain_vs_step.png")), gain=True))
         images += [plots.plot_final(runs, options["plot"], key, name(f"final_{key}"), options["logy"])
                    for key in options["vs"].split(",") if key]
         images += [plots.plot_bars(runs, options["plot"], key, name(f"final_by_{key}")) for key in options["bars"].split(",") if key]
