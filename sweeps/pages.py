@@ -132,7 +132,8 @@ def claim_record(result) -> dict:
     return {"name": result.claim.name, "a": result.claim.a, "b": result.claim.b, "metric": result.claim.metric,
             "expect": result.claim.expect, "units": t.units, "mean": t.mean, "sd": t.sd, "low": t.low, "high": t.high,
             "p": t.p, "adjusted": result.adjusted, "significant": result.significant, "verdict": result.verdict,
-            "units_needed": result.units_needed, "covers": result.data.covers, "seeds": sorted(result.data.a)}
+            "units_needed": result.units_needed, "covers": result.data.covers, "seeds": sorted(result.data.a),
+            "above": sum(unit > 0 for unit in result.data.units)}
 
 
 def write_page(directory: Path, runs: list[Run], options: dict, argv) -> Path:

@@ -16,7 +16,8 @@ Verdicts (per declared claim):
 - replicated: the original was significant, and the re-run is significant after correction with
   the same sign;
 - not replicated: the re-run is significant the other way, or not significant although it had 80%
-  power or more to detect the original effect size (at alpha / m);
+  power or more to detect a difference as large as the original's, given the re-run's own spread of
+  unit differences (at alpha / m);
 - inconclusive: not significant with less power than that; the units it would need are printed;
 - for an original that was not significant, nothing was claimed: the re-run's own verdict is given.
 In the shipped studies each seed has its own warm start and task draw, so new seeds redraw those too.
@@ -85,13 +86,15 @@ def verdict(original: dict, new: claims.Result, family: int, alpha: float) -> tu
     same = (new.test.mean > 0) == (original["mean"] > 0)
     if new.significant:
         return ("replicated", "") if same else ("not replicated", "significant the other way")
-    effect = original["mean"] / original["sd"] if original["sd"] else float("nan")
+    # the original difference, in the re-run's own spread: the power the re-run had to see a difference that large
+    spread = new.test.sd if new.test.sd > 0 else original["sd"]
+    effect = original["mean"] / spread if spread else float("nan")
     chance = stats.power(new.test.units, effect, alpha / family, original["expect"]) if math.isfinite(effect) else 0.0
     needed = stats.units_for_power(effect, alpha / family, original["expect"])
+    power_note = f"power {chance:.2f} to detect the original difference ({original['mean']:+.3g}) at the re-run's spread (sd {spread:.3g})"
     if chance >= POWER:
-        return "not replicated", f"power {chance:.2f} to detect the original effect (d_z {effect:+.2f})"
-    return "inconclusive", (f"power {chance:.2f} to detect the original effect (d_z {effect:+.2f}); "
-                            f"{needed if needed else '> 10,000'} units for 80%")
+        return "not replicated", power_note
+    return "inconclusive", f"{power_note}; {needed if needed else '> 10,000'} units for 80%"
 
 
 def replicate(experiment: str, seeds: list[int], directory: Path, jobs: int = 1, run: bool = True, extra=()) -> dict:
@@ -147,7 +150,7 @@ def replication_table(record: dict, original: dict | None) -> str:
         before = (f"{number(old['mean'])} [{number(old['low'])}, {number(old['high'])}], {p_value(old['adjusted'])}, {old['verdict']}"
                   if old else "")
         after = (f"{row['units']}, {number(row['mean'])} [{number(row['low'])}, {number(row['high'])}], "
-                 f"{p_value(row['adjusted'])}, {row['verdict']}")
+                 f"{p_value(row['adjusted'])}, {row['verdict']}" + (f"; A > B in {row['above']} of {row['units']}" if "above" in row else ""))
         lines.append(f"| {row['name']} | {row['metric']} | {before} | {after} | **{row['replication']}** | {row['note']} |")
     return "\n".join(lines)
 
@@ -158,7 +161,8 @@ def replication_section(record: dict, data: dict) -> str:
             f"`{record['command']}`: the declared claims re-run on seeds the study never used (new warm starts and "
             f"task draws where the experiment ties them to the seed), Holm over the {len(record['claims'])} claims at alpha "
             f"{record['alpha']}. Replicated: the original was significant and the re-run is too, same sign; not "
-            "replicated: the other sign, or not significant with 80% power to detect the original effect; inconclusive: "
+            "replicated: the other sign, or not significant with 80% power to detect the original difference at the re-run's "
+            "spread; inconclusive: "
             "less power than that.\n\n" + replication_table(record, data)
             + "\n\n<details><summary>Provenance of the re-run</summary>\n\n" + provenance_table(record["provenance"])
             + "\n\n</details>")

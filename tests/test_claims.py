@@ -143,12 +143,19 @@ def test_replication_verdicts():
     assert verdict(original(0.05, 0.01), same, 1, 0.05) == ("replicated", "")
     reversed_ = result_of(list(-0.05 + 0.01 * rng.standard_normal(6)))
     assert verdict(original(0.05, 0.01), reversed_, 1, 0.05)[0] == "not replicated"
-    null = result_of([0.01, -0.01, 0.02, -0.02, 0.0, 0.005])
-    # the original effect was d_z = 5: six units have all the power to see it, and did not
-    assert verdict(original(0.05, 0.01), null, 1, 0.05)[0] == "not replicated"
-    # a small original effect (d_z 0.5): six units have little power, so the re-run cannot tell
+    null = result_of([0.01, -0.01, 0.02, -0.02, 0.0, 0.005])  # sd 0.0143
+    # a difference of 0.05 is 3.5 of the re-run's standard deviations: six units had all the power to see it
+    label, note = verdict(original(0.05, 0.01), null, 1, 0.05)
+    assert label == "not replicated" and "power 1.00" in note
+    # a difference of 0.01 is 0.7 of them: six units have little power, so the re-run cannot tell
     label, note = verdict(original(0.01, 0.02), null, 1, 0.05)
-    assert label == "inconclusive" and f"{stats.units_for_power(0.5, 0.05)} units for 80%" in note
+    effect = 0.01 / null.test.sd
+    assert label == "inconclusive" and f"power {stats.power(6, effect, 0.05):.2f}" in note
+    assert f"{stats.units_for_power(effect, 0.05)} units for 80%" in note
+    # the original's effect taken in the re-run's spread: a noisier re-run had less power than the
+    # original's d_z would credit it with (here d_z 5 originally; 0.05 / 0.1 = 0.5 in the re-run)
+    noisy = result_of([0.25, -0.1, 0.05, -0.05, 0.1, -0.05])
+    assert verdict(original(0.05, 0.01), noisy, 1, 0.05)[0] == "inconclusive"
     assert verdict(original(0.05, 0.01, significant=False), same, 1, 0.05)[0] == "original not significant"
 
 
