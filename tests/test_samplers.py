@@ -108,6 +108,24 @@ def test_offline_groups_are_generated_once_saved_and_reloaded(tokenizer, exact, 
     assert len([entry for entry in (tmp_path / "offline").iterdir() if entry.is_dir()]) == 2
 
 
+def test_offline_data_stored_for_one_reward_table_is_scored_with_another_runs_own(tokenizer, exact, tmp_path):
+    """The exact task's prompts do not depend on its seed, so two reward tables share the stored
+    responses; each run's rewards must be its own table's (they were the first run's)."""
+    task, model = exact
+    reference = FrozenReference(model)
+    make(Offline, tokenizer, task, num_groups=6, cache_dir=str(tmp_path)).setup(model, reference, task)
+    other_task = ExactTask(num_prompts=3, seed=3)
+    assert [r["prompt"] for r in other_task.rows] == [r["prompt"] for r in task.rows]
+    assert not torch.equal(other_task.table, task.table)
+    sampler = make(Offline, tokenizer, other_task, num_groups=6, cache_dir=str(tmp_path))
+    sampler.setup(model, reference, other_task)
+    assert len([entry for entry in (tmp_path / "offline").iterdir() if entry.is_dir()]) == 1  # the responses are reused
+    rollout = sampler.sample(other_task.rows * 4, model)
+    rows = [other_task.rows[int(p[1])] for p in rollout.prompts]
+    assert rollout.rewards.tolist() == pytest.approx(other_task.reward(rollout.completions, rows))
+    assert rollout.rewards.tolist() != pytest.approx(task.reward(rollout.completions, rows))
+
+
 def test_uniform_sampler_is_uniform_over_all_responses(tokenizer, exact):
     task, _ = exact
     table = uniform_token_logprobs(task.responses, task.max_new_tokens)

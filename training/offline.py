@@ -6,6 +6,11 @@ the generating policy, group size, number of groups, seed), under <cache_dir>/of
 with different run seeds share it and differ in the order they draw groups (`draw_seed`).
 Training draws stored groups uniformly at random: the batch's own prompts are not used, the stored
 data is the training set, as in offline RL.
+
+Only the responses and their sampler log-probs are stored: every run scores them with its own reward
+function when it loads them. A reward is not part of what sampled the responses, so it is not in the
+key, and a stored reward would be silently wrong for a run with another reward or task seed (the
+exact task's prompts, and so the key, are the same for every reward table).
 """
 import hashlib
 import json
@@ -60,6 +65,14 @@ class Offline(Sampler):
         path.parent.mkdir(parents=True, exist_ok=True)
         build_once(path, partial(self._generate, task, reference, prompts), "ptlab_offline.json", "the offline data")
         self.data = load_from_disk(str(path))
+        self.rewards = self._score_stored(task)
+
+    def _score_stored(self, task) -> list[list[float]]:
+        """This run's rewards of every stored group, (G, k) as lists."""
+        rows_by_prompt = {row["prompt"]: row for row in task.train_dataset()}
+        rows = [rows_by_prompt[prompt] for prompt in self.data["prompt"]]
+        rewards, _ = self._score(rows, [text for group in self.data["completions"] for text in group])
+        return rewards.view(len(rows), self.group_size).tolist()
 
     def _generate(self, task, reference, prompts: list[str], directory: Path) -> dict:
         kind = Reference if self.policy == "reference" else Uniform
@@ -84,12 +97,12 @@ class Offline(Sampler):
             "prompt": rollout.prompts[rows[0]],
             "response_ids": [rollout.response_ids[i, :n].tolist() for i, n in zip(rows, lengths)],
             "sampler_logprobs": [rollout.sampler_logprobs[i, :n].tolist() for i, n in zip(rows, lengths)],
-            "rewards": [float(rollout.rewards[i]) for i in rows],
             "completions": [rollout.completions[i] for i in rows],
         }
 
     def sample(self, rows: list[dict], policy) -> Rollout:
-        groups = [self.data[self.rng.randrange(len(self.data))] for _ in rows]
+        indices = [self.rng.randrange(len(self.data)) for _ in rows]
+        groups = [self.data[i] for i in indices]
         prompts = [group["prompt"] for group in groups for _ in range(self.group_size)]
         prompt_ids, prompt_mask = encode_prompts(self.tokenizer, prompts)
         responses = [ids for group in groups for ids in group["response_ids"]]
@@ -100,7 +113,7 @@ class Offline(Sampler):
         for i, (ids, logprobs) in enumerate(zip(responses, [lp for group in groups for lp in group["sampler_logprobs"]])):
             response_ids[i, : len(ids)], response_mask[i, : len(ids)] = torch.tensor(ids), 1
             sampler_logprobs[i, : len(ids)] = torch.tensor(logprobs)
-        rewards = torch.tensor([r for group in groups for r in group["rewards"]])
+        rewards = torch.tensor([r for i in indices for r in self.rewards[i]])
         # the stored data's key holds the initial policy's weights: with policy=reference, pi_ref sampled it
         ref_logprobs = sampler_logprobs if self.policy == "reference" else None
         return Rollout(prompt_ids, prompt_mask, response_ids, response_mask, rewards, self.group_size,
