@@ -90,15 +90,18 @@ def parse_selector(text: str, option: str = "--compare") -> dict[str, str]:
     return {key.lstrip("+~"): value for key, value in (part.split("=", 1) for part in parts)}
 
 
+def same_value(first, second) -> bool:
+    """Override values compared as Hydra means them: numbers by value (a sweep over `lr: 1e-3`
+    records `lr=0.001`), anything else as text."""
+    try:
+        return float(first) == float(second)
+    except (TypeError, ValueError):
+        return str(first) == str(second)
+
+
 def matches(run: Run, selector: dict[str, str]) -> bool:
     given = run.settings
-    for key, value in selector.items():
-        if key in given:
-            if given[key] != value:
-                return False
-        elif str(run.summary.get(key)) != value:
-            return False
-    return True
+    return all(same_value(given[key] if key in given else run.summary.get(key), value) for key, value in selector.items())
 
 
 def curve(run: Run, metric: str, x: str) -> tuple[np.ndarray, np.ndarray]:

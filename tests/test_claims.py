@@ -12,7 +12,7 @@ from scipy import stats as scipy_stats
 from sweeps import claims, stats
 from sweeps.replicate import configurations, verdict
 from sweeps.report import main as report
-from sweeps.runs import load_runs
+from sweeps.runs import load_runs, matches
 
 
 def test_holm_by_hand():
@@ -165,6 +165,17 @@ def test_replication_runs_the_configurations_the_claims_name_in_the_sweeps_spell
         {"a": "algorithm=gvpo,regime=stale", "b": "reference"}]})
     assert configurations(study, ["+regime", "algorithm", "seed"]) == [["algorithm=gvpo", "+regime=stale"],
                                                                         ["algorithm=grpo", "+regime=stale"]]
+
+
+def test_selectors_compare_numbers_by_value(tmp_path):
+    # Hydra records a swept `lr: 1e-3` as lr=0.001; a claim written as in the sweep must still find it
+    job = tmp_path / "job"
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text("- algorithm=gvpo\n- lr=0.001\n- seed=0\n")
+    (job / "summary.json").write_text(json.dumps({"algorithm": "gvpo", "seed": 0, "lr": 0.001}))
+    (run,) = load_runs(tmp_path)
+    assert matches(run, {"lr": "1e-3", "algorithm": "gvpo"}) and not matches(run, {"lr": "1e-4"})
+    assert not matches(run, {"algorithm": "grpo"})
 
 
 def test_a_bad_declaration_is_refused_naming_the_key():
