@@ -184,6 +184,21 @@ class Result:
         return "significant: " + ("A > B" if self.test.mean > 0 else "A < B")
 
 
+def missing(runs: list[Run], study: Study) -> list[tuple[str, list]]:
+    """The claims' cells without a completed run: (selector, seeds) for every configuration a claim
+    names that lacks a seed some other run of the study has, so a partial study says what it lacks."""
+    seeds = sorted({run.seed for run in runs if run.seed is not None})
+    selectors = dict.fromkeys(side for claim in study.claims for side in (claim.a, claim.b) if side != REFERENCE)
+    gaps = []
+    for selector in selectors:
+        metrics = {claim.metric for claim in study.claims if selector in (claim.a, claim.b)}
+        done = [set(runs_of(runs, parse_selector(selector), metric, selector)) for metric in metrics]
+        lacking = [seed for seed in seeds if not all(seed in cell for cell in done)]
+        if lacking:
+            gaps.append((selector, lacking))
+    return gaps
+
+
 def evaluate(runs: list[Run], study: Study) -> list[Result]:
     """Every declared claim tested on the runs, Holm-corrected over the family."""
     results = []

@@ -116,6 +116,11 @@ def claims_section(runs: list[Run], study: claims.Study, extra: list) -> str:
     if ran < study.seeds:
         text += (f"\n\n**Partial study**: {ran} of the {study.seeds} declared seeds have completed runs; the claims are "
                  "tested on those.")
+    gaps = claims.missing(runs, study)
+    if gaps:  # re-running the sweep's command runs (or resumes) just these
+        text += ("\n\n**Missing cells** (no completed run; each claim is tested on the seeds both its sides have): "
+                 + "; ".join(f"`{selector}` seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
+                             for selector, seeds in gaps) + ".")
     pairs = claims.exploratory(runs, study, study.metric)
     if pairs:
         text += ("\n\n### Exploratory pairs\n\nEvery other pair, chosen after the data: not claims, no verdict. "

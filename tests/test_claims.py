@@ -126,6 +126,22 @@ def test_two_seeds_never_give_significant(tmp_path):
     assert "significant:" not in text and text.count("untestable: 2 units") == 2
 
 
+def test_a_partial_study_names_its_missing_cells(tmp_path):
+    # 3 of 4 declared seeds started; grpo's seed 2 has not finished (no summary yet): the claims are
+    # tested on what both sides have, and the report lists the cells a re-run still has to fill
+    for seed in (0, 1, 2):
+        write_job(tmp_path, "gvpo", seed, 0.4 + 0.01 * seed, 0.3, f"ws{seed}")
+        if seed < 2:
+            write_job(tmp_path, "grpo", seed, 0.35, 0.3, f"ws{seed}")
+    (tmp_path / "algorithm=grpo,seed=2" / ".hydra").mkdir(parents=True)
+    text = report([str(tmp_path), "--metrics", "val/accuracy", "--plot", ""])
+    assert "**Partial study**: 3 of the 4 declared seeds" in text
+    assert "**Missing cells**" in text and "`algorithm=grpo` seed 2." in text and "`algorithm=gvpo`" not in text
+    rows = {line.split(" | ")[0].lstrip("| "): [c.strip() for c in line.strip("|").split("|")]
+            for line in text.splitlines() if line.startswith("| algorithm=")}
+    assert rows["algorithm=gvpo - algorithm=grpo"][3] == "2" and rows["algorithm=gvpo - reference"][3] == "3"
+
+
 def original(mean, sd, significant=True, expect="two-sided"):
     return {"mean": mean, "sd": sd, "significant": significant, "expect": expect, "verdict": "significant: A > B"}
 
