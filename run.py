@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 
 import parallel
 from schema import ConfigError, RunStopped
+from tasks.base import fingerprint
 from training.checks import build, check_config
 from training.outputs import OutputDirectoryTaken, claim
 from training.prelaunch import check_command_line
@@ -111,6 +112,7 @@ def fit_and_summarise(cfg, choices, algorithm, output_dir: Path, stop, start: fl
         **module.budget.metrics(),
         "wall_seconds": time.perf_counter() - start,
         "warmstart": str(warm) if warm else None,
+        "task_data": fingerprint(task),  # what the task drew: whether a claim's seeds saw other data
         "policy": str(exported) if exported else None,
         "environment": environment(),
         "processes": trainer.world_size,

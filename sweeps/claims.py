@@ -22,7 +22,8 @@ and task draw). Seeds that share a warm start are not independent draws of it: t
 are averaged per warm start first, and the warm starts are the units (a one-sample t test over them,
 the cluster-level analysis of a two-stage design). With one warm start per seed, as the shipped
 studies run (`warmstart.seed: ${seed}`), seeds are the units and the interval covers the warm start,
-the run seed and, with `task.seed: ${seed}`, the prompts. With one warm start for every seed (the
+the run seed and, with `task.seed: ${seed}`, the prompts (the report says so only when the runs'
+recorded task data, summary.json's `task_data`, differ). With one warm start for every seed (the
 `default` experiment, as a user runs it) seeds are the units and the claim is about that warm start
 alone. What each interval covers is printed with it.
 
@@ -160,9 +161,11 @@ def coverage(runs: list[Run], clusters: int) -> str:
         parts.append("warm start" + ("" if clusters == len(runs) else f" ({clusters} warm starts, seeds averaged within each)"))
     elif warm_starts:
         parts.append("not the warm start (one for every seed)")
-    task_seeds = {(run.config.get("task") or {}).get("seed") for run in runs}
-    if len(task_seeds) > 1:
+    task_data = {run.summary.get("task_data") for run in runs}
+    if len(task_data - {None}) > 1:  # the seeds drew other rows (or reward tables): the prompts are resampled
         parts.append("task draw (task.seed)")
+    elif None in task_data and len({(run.config.get("task") or {}).get("seed") for run in runs}) > 1:
+        parts.append("task.seed, the data it drew not recorded")  # runs from before summary.json had task_data
     return ", ".join(parts)
 
 

@@ -6,9 +6,27 @@ tokenizer's chat template as one user message (after an optional system message)
 assistant's turn, the way an instruct model was trained to see a question. The raw text stays in
 the `question` column.
 """
+import hashlib
+import json
+
 from datasets import Dataset
 
 from schema import ConfigError
+
+
+def fingerprint(task, splits: tuple[str, ...] = ("val",)) -> str:
+    """A hash of the data a task drew (its rows' prompts and answers, and a reward table where it has
+    one), recorded in summary.json as `task_data`: the report says a claim's interval covers the
+    task draw only when its seeds' data differ, not because their task.seed does."""
+    digest = hashlib.sha256()
+    for split in splits:
+        rows = getattr(task, f"{split}_dataset")()
+        columns = [list(rows[name]) if name in rows.column_names else [] for name in ("prompt", "answer")]
+        digest.update(json.dumps([columns[0], [str(answer) for answer in columns[1]]]).encode())
+    table = getattr(task, "table", None)
+    if table is not None:
+        digest.update(json.dumps([[float(x) for x in row] for row in table]).encode())
+    return digest.hexdigest()[:16]
 
 
 def render_chat(tokenizer, question: str, system_prompt: str | None = None) -> str:

@@ -3,6 +3,14 @@
 The split is by a hash of the prompt text, so no validation prompt ever appears in training, and
 both splits follow the generator's distribution. The task seed is fixed by the task config, not the
 run seed: every run and algorithm sees the same validation set.
+
+Task seeds draw disjoint streams. reasoning-gym builds item i of a dataset with seed s from
+`Random(s + i)`, so the datasets of seeds s and s + 1 are the same items shifted by one: a study that
+set `task.seed: ${seed}` would redraw nothing. Task seed s here asks reasoning-gym for seed
+s * size (size: the items read), so seeds share no generator state; seed 0 is unchanged. The
+held-out prompts are the ones whose hash falls in the validation fraction, for every seed: a task
+seed draws which rows (and so which held-out prompts, and how often) are used, not which prompts
+are held out.
 """
 import json
 import random
@@ -42,7 +50,8 @@ class ReasoningGymTask(TextTask):
     def _generate(self, train_size: int, val_size: int, val_fraction: float) -> tuple[Dataset, Dataset]:
         rng = random.Random(self.seed)
         train, val = [], []
-        source = reasoning_gym.create_dataset(self.name, seed=self.seed, size=(train_size + val_size) * 4, **self.config)
+        size = (train_size + val_size) * 4
+        source = reasoning_gym.create_dataset(self.name, seed=self.seed * size, size=size, **self.config)  # disjoint streams
         for entry in source:
             row = self._row(entry, rng)
             in_val = zlib.crc32(row["prompt"].encode()) % 10_000 < val_fraction * 10_000

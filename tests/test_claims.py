@@ -77,13 +77,14 @@ STUDY = {"metric": "val/accuracy", "alpha": 0.05, "seeds": 4,
                     {"a": "algorithm=gvpo", "b": "algorithm=grpo"}]}
 
 
-def write_job(root, algorithm: str, seed: int, value: float, reference: float, warm: str, study=STUDY):
+def write_job(root, algorithm: str, seed: int, value: float, reference: float, warm: str, study=STUDY, data="rows{seed}"):
     job = root / f"algorithm={algorithm},seed={seed}"
     (job / ".hydra").mkdir(parents=True)
     (job / ".hydra" / "overrides.yaml").write_text(f"- experiment=x\n- algorithm={algorithm}\n- seed={seed}\n")
     (job / "config.yaml").write_text(yaml.safe_dump({"seed": seed, "sweep": "x", "study": study, "task": {"seed": seed}}))
     (job / "summary.json").write_text(json.dumps({"algorithm": algorithm, "seed": seed, "status": "completed",
-                                                  "val/accuracy": value, "ref/val/accuracy": reference, "warmstart": warm}))
+                                                  "val/accuracy": value, "ref/val/accuracy": reference, "warmstart": warm,
+                                                  **({"task_data": data.format(seed=seed)} if data else {})}))
 
 
 def test_declared_claims_are_corrected_and_labelled(tmp_path):
@@ -116,6 +117,15 @@ def test_seeds_sharing_a_warm_start_are_averaged_into_one_unit(tmp_path):
     data = claims.paired(runs, "algorithm=gvpo", "reference", "val/accuracy")
     assert sorted(data.units) == pytest.approx([0.1, 0.2, 0.3])  # per warm start: (0.1+0.3)/2, (0+0.2)/2, (0.5+0.1)/2
     assert "3 warm starts, seeds averaged within each" in data.covers
+
+
+@pytest.mark.parametrize("data, covers", [("rows{seed}", "run seed, warm start, task draw (task.seed)"),
+                                          ("same rows", "run seed, warm start"),  # task.seed differed, the rows did not
+                                          (None, "run seed, warm start, task.seed, the data it drew not recorded")])
+def test_an_interval_covers_the_task_draw_only_when_the_data_differ(tmp_path, data, covers):
+    for seed in range(3):
+        write_job(tmp_path, "gvpo", seed, 0.4 + 0.01 * seed, 0.3, f"ws{seed}", data=data)
+    assert claims.paired(load_runs(tmp_path), "algorithm=gvpo", "reference", "val/accuracy").covers == covers
 
 
 def test_two_seeds_never_give_significant(tmp_path):

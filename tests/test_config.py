@@ -52,6 +52,27 @@ def test_each_reasoning_gym_task_builds_disjoint_splits_and_scores_its_answers(t
     assert built.reward(["x"] * len(rows), rows) == [0.0] * len(rows)
 
 
+def test_task_seeds_draw_other_rows_and_a_fingerprint_tells_them_apart(tmp_path):
+    # reasoning-gym builds item i of seed s from Random(s + i): seeds 0 and 1 asked for as such are the
+    # same items shifted by one, so task.seed would redraw nothing
+    import reasoning_gym
+
+    from tasks.base import fingerprint
+
+    tasks = {seed: instantiate(compose_config(["task=chain_sum", *SMALL_TASK, f"task.seed={seed}"], tmp_path).task)
+             for seed in (0, 1)}
+    first, second = (list(tasks[seed].train_dataset()["prompt"]) for seed in (0, 1))
+    aligned = max(sum(a == b for a, b in zip(first[shift:], second)) for shift in range(3))
+    assert aligned < len(second) // 4  # was every row: seed 1's rows were seed 0's, shifted by at most one
+    # seed 0 is reasoning-gym's own seed-0 stream, in order (the default task is unchanged)
+    cfg = compose_config(["task=chain_sum", *SMALL_TASK], tmp_path).task
+    stream = [cfg.prompt_template.format(**entry)
+              for entry in reasoning_gym.create_dataset("chain_sum", seed=0, size=(64 + 8) * 4, **cfg.config)]
+    assert first == [prompt for prompt in stream if prompt in set(first)][: len(first)]
+    assert fingerprint(tasks[0]) != fingerprint(tasks[1])
+    assert fingerprint(tasks[0]) == fingerprint(instantiate(compose_config(["task=chain_sum", *SMALL_TASK], tmp_path).task))
+
+
 def test_models_samplers_generation_optimizer_trainer_loggers_instantiate(tmp_path, tokenizer):
     directory = tmp_path / "saved"
     tiny_lm(tokenizer).save_pretrained(directory)

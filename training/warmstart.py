@@ -30,6 +30,7 @@ from models.build import builder_config
 from models.lm import token_logprobs
 from schema import RunStopped
 from storage import build_once
+from tasks.base import fingerprint
 from training.data import prompt_loader
 from training.module import PostTrainingModule
 from training.rollout import encode_prompts, encode_responses
@@ -38,10 +39,12 @@ from training.samplers import Demonstrations
 MANIFEST = "ptlab_warmstart.json"
 
 
-def cache_key(cfg) -> str:
+def cache_key(cfg, task) -> str:
     """The warm start depends on the model's weights (its builder, not its policy options such as
-    LoRA or dtype, which apply after it), the task and the warm-start settings."""
+    LoRA or dtype, which apply after it), the task (its config and the rows it drew: code that draws
+    other rows for the same config gets another warm start) and the warm-start settings."""
     settings = {name: OmegaConf.to_container(cfg[name], resolve=True) for name in ("task", "warmstart")}
+    settings["task_data"] = fingerprint(task, ("train", "val"))
     settings["model"] = OmegaConf.to_container(builder_config(cfg.model), resolve=True)
     settings["warmstart"].pop("cache_dir", None)
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
@@ -51,7 +54,7 @@ def warm_start(cfg, task, model, tokenizer) -> Path:
     """Path of the warm-started policy for this config, training `model` (the model as built, left
     as it is when the cache has it) into it first if no verified copy is cached (storage.build_once:
     locked against a concurrent build, sealed with the files' hashes, rebuilt if corrupted)."""
-    path = Path(cfg.warmstart.cache_dir).expanduser() / "warmstart" / cache_key(cfg)
+    path = Path(cfg.warmstart.cache_dir).expanduser() / "warmstart" / cache_key(cfg, task)
     return build_once(path, partial(train_warm_start, cfg, task, model, tokenizer), MANIFEST, "the warm start")
 
 
