@@ -69,7 +69,7 @@ def config_mismatch(runs: list[Run]) -> str | None:
         now = flatten(OmegaConf.to_container(cfg, resolve=True) | {"hydra": None})
         then = flatten(run.config | {"hydra": None})
         for key in sorted(set(now) | set(then)):
-            if key.startswith(LOCAL_KEYS) or key == "hydra":
+            if key.startswith(LOCAL_KEYS) or key.rsplit(".", 1)[-1] == "cache_dir" or key == "hydra":  # where, not what
                 continue
             if now.get(key) != then.get(key):
                 return f"{run.label}: {key} is {then.get(key)!r} in {run.directory / 'config.yaml'}, {now.get(key)!r} now"

@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 
 from sweeps import claims, pages, replicate
 from sweeps.report import main as report
+from sweeps.runs import load_runs
 from tests.test_run import TINY, cli
 from training.checks import group_options
 from training.summary import code_version
@@ -78,6 +79,9 @@ def test_no_page_from_runs_of_another_config(default_study, tmp_path, monkeypatc
     shutil.copytree(default_study / "runs", copy)
     job = copy / "1"  # the job of seed 1
     config = yaml.safe_load((job / "config.yaml").read_text())
+    config["model"]["cache_dir"] = "/elsewhere"  # where a file was cached is not what was run: still a page
+    (job / "config.yaml").write_text(yaml.safe_dump(config))
+    assert pages.config_mismatch(load_runs(copy)) is None
     config["beta"] = 0.25  # as if the experiment's beta had been edited after this job ran
     (job / "config.yaml").write_text(yaml.safe_dump(config))
     with pytest.raises(SystemExit, match="its runs were made with another config .*beta is 0.25"):
