@@ -1,0 +1,22 @@
+"""The README and docs/ are self-contained: every relative link names a file of the repository (no
+link outside it, none to a page that was never generated), and none points to the web."""
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda page: str(page.relative_to(ROOT)))
+def test_every_link_names_a_file_of_the_repository(page):
+    for target in LINK.findall(page.read_text()):
+        assert not target.startswith(("http://", "https://")), f"{page.name} links outside the repository: {target}"
+        path = target.split("#", 1)[0]
+        if not path:  # an anchor on the same page
+            continue
+        resolved = (page.parent / path).resolve()
+        assert resolved.is_relative_to(ROOT), f"{page.name} links outside the repository: {target}"
+        assert resolved.exists(), f"{page.name} links to {target}, which does not exist"
