@@ -10,8 +10,9 @@ the first `warmup` steps of each worker are dropped. Identical settings: the sam
 (weights and tokenizer), the same prompts (chain_sum's training prompts in order), group size,
 max new tokens, temperature 1 (no top-p, no top-k), beta (so both compute reference log-probs), one
 generation and one optimiser step per rollout, plain AdamW, no gradient checkpointing, fp32, the
-same threads. ptlab's workers keep freed memory for reuse, as run.py does (`reuse_memory`,
-training/allocator.py); TRL's run with malloc's default unless --trl-reuse-memory. The tiny model
+same threads, and the same allocator setting: every worker keeps freed memory for reuse, as run.py
+does (`reuse_memory`, training/allocator.py); --malloc-default runs every worker with glibc's
+default instead (the setting is the process's, not the framework's). The tiny model
 is the default config's Llama untrained (it rarely writes <eos>, so responses run to max_new_tokens
 in both frameworks, as long reasoning does); SmolLM2-135M-Instruct is the GGUF package's model.
 
@@ -254,7 +255,7 @@ def run_trl(path: Path, prompt_count: int, group_size: int, max_new_tokens: int,
 
 
 def worker(args) -> None:
-    if args.reuse_memory:  # ptlab's runs do this by default (run.py, `reuse_memory`); TRL's only when asked
+    if args.reuse_memory:  # every worker unless --malloc-default, as run.py does by default (`reuse_memory`)
         from training.allocator import reuse_freed_memory
 
         reuse_freed_memory()
@@ -324,7 +325,7 @@ def spec(config: str) -> tuple[str, int, int, int]:
 
 
 def measure(config: str, frameworks: list[str], rounds: int, steps: int, cache: Path,
-            trl_reuse_memory: bool = False) -> dict[str, list] | None:
+            reuse_memory: bool = True) -> dict[str, list] | None:
     """Every framework's worker results on one configuration, `rounds` interleaved rounds."""
     model = spec(config)[0]
     if model == "smollm2_135m" and not smollm2_available():
@@ -337,7 +338,7 @@ def measure(config: str, frameworks: list[str], rounds: int, steps: int, cache: 
             print(f"{config}: round {round_ + 1}/{rounds}, {name}", file=sys.stderr, flush=True)
             command = [sys.executable, "-m", "bench.throughput", "worker", "--framework", name, "--config", config,
                        "--model-dir", str(path), "--steps", str(steps)]
-            if name != "trl" or trl_reuse_memory:
+            if reuse_memory:  # every framework alike: comparing allocators is not the bench's question
                 command.append("--reuse-memory")
             proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
             if proc.returncode:
@@ -383,8 +384,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=6, help="optimiser steps per worker")
     parser.add_argument("--warmup", type=int, default=2, help="first steps of each worker left out")
     parser.add_argument("--json", help="also write every record here")
-    parser.add_argument("--trl-reuse-memory", action="store_true", help="give TRL's worker ptlab's allocator setting too "
-                        "(training/allocator.py: freed memory kept for reuse; ptlab's workers always have it, as run.py)")
+    parser.add_argument("--page", action="store_true", help="write the tables to docs/results/throughput.md with their "
+                        "provenance (commit, CPU, versions, command, wall time)")
+    parser.add_argument("--malloc-default", action="store_true", help="run every worker with glibc malloc's default "
+                        "instead of keeping freed memory for reuse (training/allocator.py; run.py's `reuse_memory`)")
     args = parser.parse_args(argv)
     if args.command == "worker":
         return worker(args)
@@ -392,22 +395,61 @@ def main(argv: list[str] | None = None) -> None:
     args.rounds = args.rounds or (1 if args.scaling else 3)
     check(args)
     cache = Path(os.environ.get("PTLAB_CACHE_DIR", ROOT / ".cache")).expanduser()
-    frameworks, everything = args.frameworks.split(","), {}
+    frameworks, everything, tables, start = args.frameworks.split(","), {}, [], time.time()
     if args.scaling:
         for axis, configs in SCALING.items():
             points = {}
             for config in configs:
-                everything[config] = measure(config, frameworks, args.rounds, args.steps, cache, args.trl_reuse_memory)
+                everything[config] = measure(config, frameworks, args.rounds, args.steps, cache, not args.malloc_default)
                 points[config] = {name: summarise(runs, args.warmup) for name, runs in everything[config].items()}
-            print(scaling_table(axis, points) + "\n", flush=True)
-    if args.trl_reuse_memory:
-        print("TRL's workers with ptlab's allocator setting (--trl-reuse-memory)\n", flush=True)
+            tables.append(scaling_table(axis, points))
+            print(tables[-1] + "\n", flush=True)
+    allocator = "every worker " + ("with malloc's default (--malloc-default)" if args.malloc_default
+                                   else "keeping freed memory for reuse (training/allocator.py)")
+    print(allocator + "\n", flush=True)
     for config in [] if args.scaling else args.configs.split(","):
-        results = everything[config] = measure(config, frameworks, args.rounds, args.steps, cache, args.trl_reuse_memory)
+        results = everything[config] = measure(config, frameworks, args.rounds, args.steps, cache, not args.malloc_default)
         if results:
-            print(table(config, {name: summarise(runs, args.warmup) for name, runs in results.items()}) + "\n", flush=True)
+            tables.append(table(config, {name: summarise(runs, args.warmup) for name, runs in results.items()}))
+            print(tables[-1] + "\n", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(everything, indent=1))
+    if args.page:
+        print(f"wrote {write_page(tables, allocator, argv, start, args)}")
+
+
+def write_page(tables: list[str], allocator: str, argv: list[str] | None, start: float, args) -> Path:
+    """docs/results/throughput.md: this run's tables and its provenance (sweeps/pages.py renders it)."""
+    import datetime
+
+    from sweeps import pages
+    from training.summary import environment
+
+    env = environment()
+    stamp = lambda t: datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    command = "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:])
+    record = {"commit": [f"{(env['commit'] or 'unknown')[:10]} ({'uncommitted changes' if env['dirty'] else 'clean tree'})"],
+              "dates": f"{stamp(start)} to {stamp(time.time())}", "cpu": env["cpu"], "cpu kernels": env["cpu_kernels"],
+              "threads per job": env["threads"], "python": env["python"], "torch": env["torch"],
+              "transformers": env["transformers"], "trl": version("trl"), "command": command,
+              "wall time": f"{(time.time() - start) / 60:.1f} min"}
+    body = (f"ptlab (GRPO, GVPO) and TRL's GRPOTrainer on identical settings (bench/throughput.py's docstring), "
+            f"{args.rounds} interleaved rounds of {args.steps} steps per framework, the first {args.warmup} of each worker "
+            f"left out; {allocator}. Each cell: the median (range) over the steps kept; the ratios are ptlab / TRL (below 1 on times, above 1 on rates: ptlab ahead).\n\n"
+            + "\n\n".join(tables))
+    data = {"experiment": "throughput", "compose": [], "config_hash": pages.config_hash(None), "generated_by": command,
+            "status": None, "provenance": record, "alpha": None, "claims": [], "body": body, "replications": []}
+    return pages.save(data)
+
+
+def version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version as installed
+
+    try:
+        return installed(package)
+    except PackageNotFoundError:
+        return "not installed"
+
 
 
 def check(args) -> None:
