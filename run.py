@@ -88,7 +88,9 @@ def fit_and_summarise(cfg, choices, algorithm, output_dir: Path, stop, start: fl
     val_loader = prompt_loader(task.val_dataset(), len(task.val_dataset()), shuffle=False)
     module.prompt_order = train_loader.batch_sampler  # a resumed run goes on from the prompts it had reached
     try:
+        clock = time.perf_counter()
         before = trainer.validate(module, val_loader, verbose=False)[0]
+        seconds = {"ref_eval_seconds": time.perf_counter() - clock}
         try:
             trainer.fit(module, train_loader, val_loader, ckpt_path=resume, weights_only=True)
         except SIGTERMException as lightning_stop:  # Lightning's own SIGTERM stop (DDP): exit code 0 otherwise
@@ -96,6 +98,7 @@ def fit_and_summarise(cfg, choices, algorithm, output_dir: Path, stop, start: fl
         step, after = module.last_validation
         if step != trainer.global_step:  # unless fit has just validated the final policy
             after = trainer.validate(module, val_loader, verbose=False)[0]
+        seconds["final_eval_seconds"] = module.validation_seconds
     finally:
         finish_wandb()
     if parallel.rank() > 0:
@@ -109,6 +112,8 @@ def fit_and_summarise(cfg, choices, algorithm, output_dir: Path, stop, start: fl
         "steps": trainer.global_step,
         **after,  # val/reward, val/accuracy and, on the exact task, exact/*
         **{f"ref/{key}": value for key, value in before.items()},  # the same for the policy before training
+        "ref_from_cache": getattr(module.evaluator, "hits", 0) > 0,  # read from <cache_dir>/evaluations, not recomputed
+        **seconds,  # the evaluations before training (cached or not) and of the final policy
         **module.budget.metrics(),
         "wall_seconds": time.perf_counter() - start,
         "warmstart": str(warm) if warm else None,

@@ -284,3 +284,34 @@ def test_smollm2_trains_two_steps_on_chat_prompts(tmp_path):
     assert summary["steps"] == 2 and summary["budget/tokens_generated"] > 0
     reloaded = __import__("transformers").AutoModelForCausalLM.from_pretrained(tmp_path / "policy")
     assert reloaded.config.vocab_size == 49152  # the merged LoRA policy is a plain SmolLM2
+
+
+def test_the_evaluation_before_training_is_read_back_by_runs_that_share_it(tmp_path, cache_dir):
+    common = ["trainer.max_steps=1", "logger=none", f"cache_dir={cache_dir}", "task.eval_samples=2", *TINY]
+    first = run.train(compose_config(["algorithm=grpo", *common], tmp_path / "grpo"))
+    shared = run.train(compose_config(["algorithm=gvpo", "lr=1e-3", *common], tmp_path / "gvpo"))
+    computed = run.train(compose_config(["algorithm=gvpo", "lr=1e-3", "cache_evaluation=false", *common], tmp_path / "off"))
+    other = run.train(compose_config(["algorithm=gvpo", "task.eval_seed=1", *common], tmp_path / "draws"))
+    refs = lambda summary: {key: value for key, value in summary.items() if key.startswith("ref/")}
+    assert [s["ref_from_cache"] for s in (first, shared, computed, other)] == [False, True, False, False]
+    assert refs(shared) == refs(first) == refs(computed)  # read back: what computing it gives, to the last digit
+    assert refs(other)["ref/val/sampled_accuracy_se"] != refs(first)["ref/val/sampled_accuracy_se"] or \
+        refs(other) != refs(first)  # other sampled answers: computed, not read from the first run's entry
+    assert len(list((cache_dir / "evaluations").glob("*.json"))) == 2
+
+
+def test_a_lora_policy_evaluates_as_its_base_model_until_its_adapters_move():
+    from models.build import prepare_policy, tiny_llama
+    from training.evaluation import function_digest
+
+    base = lambda seed=0: tiny_llama(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, seed=seed)[0]
+    plain = function_digest(base())
+    torch.manual_seed(1)
+    first = prepare_policy(base(), lora={"r": 2, "alpha": 4})
+    torch.manual_seed(2)
+    second = prepare_policy(base(), lora={"r": 2, "alpha": 4})
+    assert function_digest(first) == function_digest(second)  # other A matrices, B zero: the same function
+    with torch.no_grad():
+        next(p for name, p in second.named_parameters() if "lora_B" in name).add_(0.01)
+    assert function_digest(first) != function_digest(second)
+    assert plain != function_digest(base(seed=1))  # other base weights: another policy

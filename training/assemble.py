@@ -1,6 +1,8 @@
 """Instantiate the parts of a run from its composed config and hand them to each other:
 the Trainer (loggers, callbacks), and the module with its policy, reference, critic, sampler and
 evaluator. Called by run.py after the config has been checked."""
+from pathlib import Path
+
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
@@ -11,6 +13,7 @@ from models.reference import reference_for
 from models.value import critic_for
 from schema import ConfigError
 from training.checks import build
+from training.evaluation import CachedFirstEvaluation, HeldOutEvaluation
 from training.warmstart import warm_start
 
 
@@ -64,12 +67,30 @@ def build_module(cfg, algorithm, task, model_name: str = "this model"):
     wants_reference = algorithm.needs_reference or sampler.needs_reference or cfg.module.kl_diagnostic
     reference = reference_for(policy) if wants_reference else None
     sampler.setup(policy, reference, task)
+    evaluator = task.evaluator(policy, tokenizer, generator, cfg.beta)
+    if isinstance(evaluator, HeldOutEvaluation):
+        evaluator.on_reward_failure = cfg.reward_on_failure
+        if cfg.cache_evaluation:  # the evaluation before training, shared by the runs that would repeat it
+            evaluator = CachedFirstEvaluation(evaluator, Path(cfg.cache_dir).expanduser() / "evaluations",
+                                              evaluation_context(cfg))
     module = instantiate(cfg.module)(
         policy=policy, tokenizer=tokenizer, algorithm=algorithm, sampler=sampler, reference=reference,
         critic=critic_for(policy, buckets=cfg.module.length_buckets) if algorithm.needs_critic else None,
-        optimizer=instantiate(cfg.optimizer), scheduler=instantiate(cfg.scheduler),
-        evaluator=task.evaluator(policy, tokenizer, generator, cfg.beta),
+        optimizer=instantiate(cfg.optimizer), scheduler=instantiate(cfg.scheduler), evaluator=evaluator,
         accumulate_grad_batches=cfg.trainer.accumulate_grad_batches)
-    if hasattr(module.evaluator, "on_reward_failure"):
-        module.evaluator.on_reward_failure = cfg.reward_on_failure
     return module, warm
+
+
+def evaluation_context(cfg) -> dict:
+    """What a held-out evaluation's numbers depend on besides the policy and the rows: the task's
+    settings (reward, sampled answers and their seed, generation length), the generator, the model's
+    options, the precision, the thread count (it orders floating-point sums) and library versions.
+    Paths are left out: the same settings from another cache directory give the same numbers."""
+    import torch
+    import transformers
+
+    node = OmegaConf.to_container(OmegaConf.create({key: cfg.get(key) for key in ("task", "generation", "model")}),
+                                  resolve=True)
+    node["model"].pop("cache_dir", None)
+    return {**node, "precision": str(cfg.trainer.precision), "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "transformers": transformers.__version__}

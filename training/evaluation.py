@@ -1,10 +1,16 @@
 """Validation metrics. A task picks its evaluator: rewards of greedy and sampled answers to held-out
-prompts, or the exact metrics of the enumerable task."""
+prompts, or the exact metrics of the enumerable task; the evaluation before training cached for the
+runs that share it."""
+import hashlib
+import json
+from pathlib import Path
+
 import torch
 
 import parallel
 from models.lm import token_logprobs
 from rewards import score
+from storage import write_atomically
 from training.rollout import encode_prompts
 
 
@@ -113,3 +119,55 @@ def exact_metrics(log_pi: torch.Tensor, log_ref: torch.Tensor, rewards: torch.Te
         "exact/optimum_objective": opt_reward - beta * opt_kl_ref,
     }
     return {key: value.mean().float() for key, value in metrics.items()}
+
+
+def function_digest(policy) -> str:
+    """SHA-256 of what a policy computes: every parameter and buffer, in name order. LoRA adapters
+    whose B matrices are all zero (peft's initialisation) add nothing to the base model's output, so
+    they are left out: runs whose adapters start from other random A matrices share one digest."""
+    state = dict(policy.state_dict())
+    lora = {name for name in state if ".lora_" in name}
+    if lora and all(not state[name].any() for name in lora if ".lora_B." in name):
+        state = {name: value for name, value in state.items() if name not in lora}
+    sha = hashlib.sha256()
+    for name in sorted(state):
+        sha.update(f"{name}:{state[name].dtype}:{tuple(state[name].shape)}".encode())
+        sha.update(state[name].detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return sha.hexdigest()
+
+
+class CachedFirstEvaluation:
+    """An evaluator whose first call (the evaluation of the policy before training) is read from a
+    cache when a run with the same numbers to compute has made it: the same policy (function_digest),
+    held-out rows and `context` (the task, generation and precision settings, thread count and library
+    versions, from run.py). The runs of a sweep that differ only in algorithm, learning rate or
+    sampler evaluate their common starting policy once. Later calls, and every call under data
+    parallelism (the evaluator gathers across ranks), go to the evaluator itself.
+
+    Entries are JSON files under `directory`, written atomically; one that cannot be read is
+    recomputed and overwritten. `hits` counts the calls answered from the cache."""
+
+    def __init__(self, evaluator, directory, context: dict):
+        self.evaluator, self.directory, self.context = evaluator, Path(directory), context
+        self.first, self.hits = True, 0
+
+    def key(self, policy, rows: list[dict]) -> str:
+        record = {"policy": function_digest(policy), "rows": rows, "context": self.context}
+        return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+    def __call__(self, policy, rows: list[dict]) -> dict[str, torch.Tensor]:
+        first, self.first = self.first, False
+        if not first or parallel.world_size() > 1:
+            return self.evaluator(policy, rows)
+        path = self.directory / f"{self.key(policy, rows)}.json"
+        try:
+            metrics = {key: torch.tensor(value) for key, value in json.loads(path.read_text())["metrics"].items()}
+            self.hits += 1
+            return metrics
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        metrics = self.evaluator(policy, rows)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(path, json.dumps({"metrics": {key: float(value) for key, value in metrics.items()},
+                                           "context": self.context}, default=str, indent=1))
+        return metrics

@@ -106,6 +106,7 @@ class PostTrainingModule(L.LightningModule):
         self.nonfinite: str | None = None  # what was not finite in the last skipped update
         self.last_rollout: Rollout | None = None
         self.last_validation: tuple[int, dict[str, float]] | None = None  # (step, metrics) of the latest validation
+        self.validation_seconds: float | None = None  # how long the latest validation took
         self._start = None
         self.rollouts_done = 0  # training batches consumed, for a resumed run's prompt order
         self.prompt_order = None  # the train loader's PromptOrder, told where to resume
@@ -320,7 +321,9 @@ class PostTrainingModule(L.LightningModule):
     def validation_step(self, rows: list[dict], batch_idx: int) -> None:
         """The task's evaluator: greedy val/reward and val/accuracy, or exact/ metrics (over every
         prompt, whatever the number of ranks)."""
+        clock = time.perf_counter()
         metrics = self.evaluator(self.policy, rows)
+        self.validation_seconds = time.perf_counter() - clock
         for key, value in metrics.items():
             self.log(key, value, batch_size=len(rows), prog_bar=key in ("val/accuracy", "exact/kl_to_optimum"),
                      sync_dist=True)  # the same on every rank (the evaluator gathers): no warning, no change
