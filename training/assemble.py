@@ -89,8 +89,7 @@ def evaluation_context(cfg) -> dict:
     import torch
     import transformers
 
-    node = OmegaConf.to_container(OmegaConf.create({key: cfg.get(key) for key in ("task", "generation", "model")}),
-                                  resolve=True)
+    node = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in ("task", "generation", "model")}
     node["model"].pop("cache_dir", None)
     return {**node, "precision": str(cfg.trainer.precision), "threads": torch.get_num_threads(),
             "torch": torch.__version__, "transformers": transformers.__version__}
