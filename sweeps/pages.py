@@ -19,7 +19,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import yaml
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 from sweeps.runs import Run
 
@@ -28,6 +28,12 @@ RESULTS = ROOT / "docs" / "results"
 # Keys of a job's config.yaml that depend on where and on which machine it ran, not on the experiment.
 LOCAL_KEYS = ("cache_dir", "warmstart.cache_dir", "sampler.cache_dir", "model.model.cache_dir", "callbacks.checkpoint.dirpath",
               "callbacks.samples.output_dir", "logger.csv.save_dir", "logger.wandb.save_dir", "trainer.default_root_dir")
+
+# Keys added after pages were generated, at the value that computes what runs made before them
+# computed (an evaluation read back from the cache is the one computed; decoding outside autocast
+# changes nothing without mixed precision): left out of the hash, and of the comparison with a run
+# that predates them, while they hold that value.
+NEUTRAL = {"cache_evaluation": True, "generation.autocast": None}
 
 
 def compose(overrides: list[str], hydra: bool = False):
@@ -43,6 +49,12 @@ def config_hash(experiment: str | None) -> str:
     """SHA-256 (12 hex digits) of the experiment's composed config (None: the default config),
     interpolations unresolved (so it does not depend on the machine), Hydra's own node left out."""
     cfg = compose([f"experiment={experiment}"] if experiment else [])
+    for key, value in NEUTRAL.items():
+        parent, _, name = key.rpartition(".")
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        if node is not None and name in node and node[name] == value:
+            with open_dict(node):
+                del node[name]
     return hashlib.sha256(OmegaConf.to_yaml(cfg).encode()).hexdigest()[:12]
 
 
@@ -56,7 +68,6 @@ def config_mismatch(runs: list[Run]) -> str | None:
     """The first key where a job's resolved config.yaml differs from what the experiment, composed now
     with that job's overrides, gives; None if every job agrees."""
     from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
 
     for run in runs:
         if not run.config:
@@ -70,6 +81,8 @@ def config_mismatch(runs: list[Run]) -> str | None:
         then = flatten(run.config | {"hydra": None})
         for key in sorted(set(now) | set(then)):
             if key.startswith(LOCAL_KEYS) or key.rsplit(".", 1)[-1] == "cache_dir" or key == "hydra":  # where, not what
+                continue
+            if key not in then and key in NEUTRAL and now.get(key) == NEUTRAL[key]:  # a run from before the key
                 continue
             if now.get(key) != then.get(key):
                 return f"{run.label}: {key} is {then.get(key)!r} in {run.directory / 'config.yaml'}, {now.get(key)!r} now"

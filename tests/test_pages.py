@@ -82,6 +82,13 @@ def test_no_page_from_runs_of_another_config(default_study, tmp_path, monkeypatc
     config["model"]["cache_dir"] = "/elsewhere"  # where a file was cached is not what was run: still a page
     (job / "config.yaml").write_text(yaml.safe_dump(config))
     assert pages.config_mismatch(load_runs(copy)) is None
+    del config["cache_evaluation"]  # a job from before the key, which computed what its default computes
+    (job / "config.yaml").write_text(yaml.safe_dump(config))
+    assert pages.config_mismatch(load_runs(copy)) is None
+    config["cache_evaluation"] = False  # not its neutral value: another config
+    (job / "config.yaml").write_text(yaml.safe_dump(config))
+    assert "cache_evaluation is False" in pages.config_mismatch(load_runs(copy))
+    config["cache_evaluation"] = True
     config["beta"] = 0.25  # as if the experiment's beta had been edited after this job ran
     (job / "config.yaml").write_text(yaml.safe_dump(config))
     with pytest.raises(SystemExit, match="its runs were made with another config .*beta is 0.25"):
