@@ -57,3 +57,17 @@ def test_update_flops_count_a_shared_prompt_once(tokenizer):
     assert forwarded_tokens(model, distinct_ids, distinct_mask, response_mask[:2]) == 7 + 4 + 4
     shared = summarise([{"records": [dict(record(1.0), forwarded=25)], "peak": 1.0}], warmup=0)
     assert shared["update GFLOP/s"][0] == 6 * 1000 * 25 / 1e9 and shared["trained/s"][0] == 100.0
+
+
+def test_step_cost_runs_each_lever_and_reads_the_reference_evaluation_back(tmp_path):
+    from bench.step_cost import main as step_cost
+    from tests.test_run import TINY
+
+    rows = step_cost(["--model", "tiny", "--task", "chain_sum", "--steps", "2", "--levers", "4,5,6",
+                      "--workdir", str(tmp_path), *TINY])
+    assert [row["lever"] for row in rows] == ["64 new tokens", "bf16 + 64 new tokens",
+                                              "bf16 + 64 new tokens, reference evaluation read back"]
+    assert [row["ref_from_cache"] for row in rows] == [False, False, True]  # the row before wrote the entry
+    assert all(row["step"] > 0 and row["update"] > 0 and row["final_eval"] > 0 for row in rows)
+    assert all(row["step"] >= row["update"] for row in rows)  # a phase is part of its step
+    assert list((tmp_path / "cache" / "evaluations").glob("*.json"))
