@@ -20,7 +20,7 @@ import parallel
 from schema import ConfigError, RunStopped
 from tasks.base import fingerprint
 from training.checks import build, check_config
-from training.outputs import OutputDirectoryTaken, claim
+from training.outputs import claim, holds
 from training.prelaunch import check_command_line
 from training.summary import code_version, environment, headline, logged_config, write_config, write_failure, write_summary
 
@@ -33,17 +33,19 @@ def train(cfg: DictConfig) -> dict:
     code_version()  # the commit of the code this run imported, read now (summary.json's environment)
     hydra_cfg = HydraConfig.get()
     choices = dict(hydra_cfg.runtime.choices)
-    algorithm = check_config(cfg, choices)  # bad input fails here, in seconds
-    from training.interrupts import Interrupted, StopOnSignal  # imports Lightning: after the checks
-
     output_dir = Path(hydra_cfg.runtime.output_dir)
     checkpoints = cfg.callbacks.get("checkpoint")  # null: no periodic checkpoints (a signal still writes one)
     checkpoint_dir = Path(checkpoints.dirpath) if checkpoints else output_dir / "checkpoints"
     if parallel.rank() > 0:  # a data-parallel worker, started by Lightning re-running this command: rank 0 owns the files
+        algorithm = check_config(cfg, choices)
         last = checkpoint_dir / "last.ckpt"
         return fit_and_summarise(cfg, choices, algorithm, output_dir, None, start, cfg.resume or (last if last.exists() else None))
+    # the directory first: a run of another config there (a finished one with a typo'd value) is refused untouched
     lock, completed, unfinished = claim(output_dir, cfg, checkpoint_dir / "last.ckpt")  # this run's, or refused
     with lock:
+        algorithm = check_config(cfg, choices)  # bad input fails here, in seconds
+        from training.interrupts import Interrupted, StopOnSignal  # imports Lightning: after the checks
+
         if completed:
             print(f"already completed in {output_dir}: not run again", flush=True)
             return completed
@@ -168,7 +170,7 @@ def main(cfg: DictConfig) -> float:
         sys.exit(128 + interrupted.signum)
     except Exception as error:
         hydra_cfg = HydraConfig.get()
-        if not isinstance(error, OutputDirectoryTaken) and parallel.rank() == 0:  # never into another run's directory
+        if holds(hydra_cfg.runtime.output_dir) and parallel.rank() == 0:  # only into a directory this run claimed
             write_failure(hydra_cfg.runtime.output_dir, cfg, dict(hydra_cfg.runtime.choices), error)
         if not isinstance(error, (ConfigError, RunStopped)):
             raise

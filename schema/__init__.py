@@ -187,7 +187,9 @@ NOT_INFERRED = ("trainer.",)
 def check(cfg: DictConfig, defaults: DictConfig | None = None) -> None:
     """Raise ConfigError for the first leaf of `cfg` that its rule, or the type of the same leaf in
     `defaults`, does not allow; or that is missing (`???`)."""
-    for key, value in leaves(cfg):
+    for key, value in sorted(leaves(cfg), key=lambda leaf: leaf[0].count(".")):  # `lr` before `optimizer.lr: ${lr}`
+        if isinstance(value, Unresolved):
+            raise ConfigError(f"{key}={value.text!r} is not allowed: it cannot be resolved ({value.reason})")
         rule = RULES.get(key)
         if rule is None and defaults is not None and not key.startswith(NOT_INFERRED):
             rule = inferred(defaults, key)
@@ -196,16 +198,30 @@ def check(cfg: DictConfig, defaults: DictConfig | None = None) -> None:
         if rule is not None and not rule.allows(value):
             if isinstance(value, (ListConfig, DictConfig)):
                 value = OmegaConf.to_container(value)
-            raise ConfigError(f"{key}={value!r} is not allowed: {rule.describe()}")
+            given = interpolation(cfg, key)
+            shown = f"{given!r} (= {value!r})" if given is not None else repr(value)
+            raise ConfigError(f"{key}={shown} is not allowed: {rule.describe()}")
 
 
 MISSING = object()
 
 
+@dataclass(frozen=True)
+class Unresolved:
+    """An interpolation that does not resolve (an unset environment variable, a missing key)."""
+
+    text: str
+    reason: str
+
+
 def leaves(node, prefix: str = ""):
-    """(dotted key, value) for every value under `node`, containers before what they hold, that is
-    set here: not Hydra's node, not a `_target_`, not an interpolation (`${lr}` is checked where it
-    points); MISSING for `???`."""
+    """(dotted key, value) for every value under `node`, containers before what they hold: not
+    Hydra's node, not a `_target_`; MISSING for `???`. An interpolation is resolved and its value
+    checked like any other (`lr='${oc.env:X}'`, `lr='${seed}'`); one that cannot be resolved is
+    refused, naming the key. Interpolations of Hydra's own node (`${hydra:...}`) resolve only in a
+    running job and are left to it."""
+    from omegaconf.errors import OmegaConfBaseException
+
     keys = node.keys() if isinstance(node, DictConfig) else range(len(node))
     for key in keys:
         path = f"{prefix}{key}" if isinstance(node, DictConfig) else f"{prefix[:-1]}[{key}]"
@@ -215,11 +231,28 @@ def leaves(node, prefix: str = ""):
             yield path, MISSING
             continue
         if OmegaConf.is_interpolation(node, key):
-            continue
-        value = node[key]
+            text = str(node._get_node(key)._value())
+            if "${hydra:" in text:
+                continue
+            try:
+                value = node[key]
+            except OmegaConfBaseException as error:
+                yield path, Unresolved(text, " ".join(str(error).split()).split(" full_key:")[0])
+                continue
+        else:
+            value = node[key]
         yield path, value
         if isinstance(value, (DictConfig, ListConfig)):
             yield from leaves(value, path + ".")
+
+
+def interpolation(cfg, key: str) -> str | None:
+    """The interpolation `key` holds as written (e.g. '${oc.env:HOME}'), or None for a plain value."""
+    parent, _, name = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    if isinstance(node, DictConfig) and name in node and OmegaConf.is_interpolation(node, name):
+        return str(node._get_node(name)._value())
+    return None
 
 
 def inferred(defaults: DictConfig, key: str) -> Rule | None:

@@ -186,6 +186,11 @@ def test_bad_input_is_refused_in_one_line_before_training(args, message, tmp_pat
     (["lr=3e-4)"], "'lr=3e-4)' is not a valid override (extraneous input ')' expecting <EOF>)"),
     (["algorithm=gvp0"], "algorithm='gvp0' is not an option; choose one of: dpo, dr_grpo"),
     (["-m", "algorithm=grpo,gvpo", "trainer.max_steps=-5"], "trainer.max_steps=-5 is not allowed: an integer >= 1"),
+    # interpolations are resolved and checked like values (they once passed and failed after the warm start)
+    (["lr=${oc.env:PATH}"], "lr='${oc.env:PATH}' (= '"),
+    (["beta=${oc.env:PTLAB_UNSET_VARIABLE}"], "beta='${oc.env:PTLAB_UNSET_VARIABLE}' is not allowed: it cannot be "
+                                              "resolved (KeyError raised while resolving interpolation"),
+    (["lr=${seed}"], "lr='${seed}' (= 0) is not allowed: a number > 0"),
 ])
 def test_bad_values_exit_2_in_one_line_within_seconds_on_an_empty_cache(args, message, tmp_path):
     """Refused before Hydra starts a job: no output directory, no summary, no cache, exit code 2."""
@@ -225,9 +230,10 @@ def test_default_experiment_beats_its_reference_on_seeds_0_and_1(tmp_path):
 
 def test_a_jsonl_task_with_two_reward_terms_from_a_user_config_folder(tmp_path):
     fixtures = ROOT / "tests" / "fixtures"
-    proc, _ = cli("--config-dir", str(fixtures / "user_conf"), "task=my_arithmetic", f"task.path={fixtures / 'arithmetic.jsonl'}",
-                  "trainer.max_steps=2", "logger=csv", "trainer.log_every_n_steps=1", f"hydra.run.dir={tmp_path}",
-                  *[arg for arg in TINY if not arg.startswith("task.")], env_extra=tmp_path / "cache")
+    args = ["--config-dir", str(fixtures / "user_conf"), "task=my_arithmetic", f"task.path={fixtures / 'arithmetic.jsonl'}",
+            "trainer.max_steps=2", "logger=csv", "trainer.log_every_n_steps=1", f"hydra.run.dir={tmp_path}",
+            *[arg for arg in TINY if not arg.startswith("task.")]]
+    proc, _ = cli(*args, env_extra=tmp_path / "cache")
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["task"] == "my_arithmetic" and summary["steps"] == 2
@@ -235,6 +241,18 @@ def test_a_jsonl_task_with_two_reward_terms_from_a_user_config_folder(tmp_path):
     assert summary["val/reward"] == pytest.approx(summary["val/reward/correct"] + 0.5 * summary["val/reward/digits_only"])
     header = next(tmp_path.glob("csv/*/metrics.csv")).read_text().splitlines()[0].split(",")
     assert {"train/reward/correct", "train/reward/digits_only"} <= set(header)
+
+    # the same command with a typo, into the finished run's directory: refused, the run untouched
+    kept = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
+    typo, _ = cli(*args, "lr=abc", env_extra=tmp_path / "cache")
+    assert typo.returncode == 2 and typo.stderr.strip().splitlines() == ["error: lr='abc' is not allowed: a number > 0"]
+    unchecked, _ = cli("--config-name", "config", *args, "lr=abc", env_extra=tmp_path / "cache")  # no pre-launch check
+    assert unchecked.returncode != 0 and "holds a run of another config (lr: 0.0003 -> 'abc')" in unchecked.stderr
+    assert {path for path in tmp_path.rglob("*") if path.is_file() and ".hydra" not in path.parts} == \
+        {path for path in kept if ".hydra" not in path.parts}
+    assert all(path.read_bytes() == content for path, content in kept.items() if ".hydra" not in path.parts)
+    again, _ = cli(*args, env_extra=tmp_path / "cache")
+    assert again.returncode == 0 and "already completed" in again.stdout
 
 
 def test_lora_bf16_autocast_and_accumulation_train_and_export(tmp_path, cache_dir):

@@ -75,7 +75,7 @@ def fuzz_cases(composed, count: int, seed: int = 0) -> list[tuple[list[str], str
         cfg = composed(setting)
         for key, value in schema.leaves(cfg):
             rule = schema.RULES.get(key) or (None if key.startswith(schema.NOT_INFERRED) else schema.inferred(cfg, key))
-            if rule is not None and value is not schema.MISSING:
+            if rule is not None and value is not schema.MISSING and not isinstance(value, schema.Unresolved):
                 keyed.append((setting, key, rule))
     while len(cases) < count:
         kind = rng.random()

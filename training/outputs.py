@@ -18,6 +18,12 @@ class OutputDirectoryTaken(ConfigError):
 
 
 NOT_COMPARED = ("hydra", "resume")  # keys a rerun of the same run may change
+CLAIMED: set[Path] = set()  # the directories this process has claimed for its runs
+
+
+def holds(output_dir) -> bool:
+    """Whether this process claimed `output_dir` for a run (so may write its failure there)."""
+    return Path(output_dir).absolute() in CLAIMED
 
 
 def claim(output_dir: Path, cfg, checkpoint: Path):
@@ -42,11 +48,13 @@ def claim(output_dir: Path, cfg, checkpoint: Path):
             raise OutputDirectoryTaken(f"hydra.run.dir={output_dir} holds a run of another config ({changed[0]}); "
                                        "choose another directory or delete that one")
         summary = read_summary(output_dir / "summary.json")
+        CLAIMED.add(output_dir.absolute())
         if summary and summary.get("status") == "completed":
             return handle, summary, None
         if checkpoint.is_file():
             (output_dir / "summary.json").unlink(missing_ok=True)
             return handle, None, checkpoint
+    CLAIMED.add(output_dir.absolute())
     for name in RUN_FILES:
         (output_dir / name).unlink(missing_ok=True)
     return handle, None, None

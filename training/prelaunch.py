@@ -3,6 +3,7 @@ the run or sweep will launch, composed as Hydra will compose it and validated ag
 and the directories it will write. A bad value in the last job of a sweep fails in seconds, before
 the first job trains."""
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -12,8 +13,9 @@ from schema import ConfigError
 from training.checks import CONF_DIR, check_config, check_overrides, command_line_overrides, parse_overrides
 
 # Flags after which Hydra prints or changes what it composes instead of running: not checked here.
+# (--config-dir is: the user's folder joins the search path as Hydra adds it.)
 NOT_CHECKED = ("--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "--resolve", "--shell-completion",
-               "-sc", "--config-dir", "-cd", "--config-path", "-cp", "--config-name", "-cn", "--experimental-rerun")
+               "-sc", "--config-path", "-cp", "--config-name", "-cn", "--experimental-rerun")
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 
 
@@ -23,12 +25,46 @@ def check_command_line(args: list[str]) -> None:
     if any(arg.split("=", 1)[0] in NOT_CHECKED for arg in args):
         return  # a user config folder or a printing flag: each job's own check_config still runs
     multirun = "-m" in args or "--multirun" in args
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="run"):
+    with hydra_as_run_py(user_config_dir(args)):
         defaults, planned = {}, jobs(command_line_overrides(args), multirun)
         if len(planned) > 20:  # about 0.1 s each
             print(f"checking the configs of {len(planned)} jobs before launching the first", flush=True)
         for job in planned:
             check_job(job, multirun, defaults)
+
+
+def user_config_dir(args: list[str]) -> str | None:
+    """The folder of `--config-dir DIR` (or -cd DIR, --config-dir=DIR), if given."""
+    for i, arg in enumerate(args):
+        if arg in ("--config-dir", "-cd") and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith(("--config-dir=", "-cd=")):
+            return arg.split("=", 1)[1]
+    return None
+
+
+@contextmanager
+def hydra_as_run_py(config_dir: str | None):
+    """Hydra's global state as run.py's `@hydra.main` sets it up: conf/ as the primary config
+    directory and a user's --config-dir ahead of it in the search path (where Hydra puts it)."""
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.config_search_path import SearchPathQuery
+
+    if config_dir is None:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="run"):
+            yield
+        return
+    search_path = create_config_search_path(str(CONF_DIR))
+    search_path.prepend(provider="command-line", path=f"file://{Path(config_dir).resolve()}",
+                        anchor=SearchPathQuery(provider="schema"))
+    GlobalHydra.instance().clear()
+    Hydra.create_main_hydra2(task_name="run", config_search_path=search_path)
+    try:
+        yield
+    finally:
+        GlobalHydra.instance().clear()
 
 
 def jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
