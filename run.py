@@ -66,9 +66,12 @@ def fit_and_summarise(cfg, choices, algorithm, output_dir: Path, stop, start: fl
     import lightning as L  # heavy imports after the checks
 
     from training.allocator import reuse_freed_memory
+    from training.cores import warn_if_oversubscribed
 
     if cfg.reuse_memory:  # before the model and its tensors
         reuse_freed_memory()
+    if parallel.rank() == 0:
+        warn_if_oversubscribed()
 
     logging.getLogger("lightning").handlers.clear()  # Lightning's info goes to run.log, not the console
     quiet_libraries()

@@ -164,7 +164,7 @@ def cli(*args, cwd=ROOT, env_extra=None):
 def test_bad_input_is_refused_in_one_line_before_training(args, message, tmp_path):
     proc, seconds = cli(*args, f"hydra.run.dir={tmp_path}", env_extra=tmp_path / "cache")
     assert proc.returncode == 2
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    lines = [line for line in proc.stderr.splitlines() if line.strip() and not line.startswith("warning: ")]  # a busy machine
     assert len(lines) == 1 and lines[0].startswith(f"error: {message}"), proc.stderr
     assert not (tmp_path / "cache").exists()  # nothing was trained, not even the warm start
     if (tmp_path / "summary.json").exists():  # refused inside the job (once the model is built), which records why
@@ -333,3 +333,28 @@ def test_a_lora_policy_evaluates_as_its_base_model_until_its_adapters_move():
         next(p for name, p in second.named_parameters() if "lora_B" in name).add_(0.01)
     assert function_digest(first) != function_digest(second)
     assert plain != function_digest(base(seed=1))  # other base weights: another policy
+
+
+def test_a_run_beside_busy_threads_is_warned_that_it_oversubscribes_the_cores():
+    from training.cores import others_running, oversubscription
+
+    assert oversubscription(threads=1, cores=2, others=1) is None  # one of a joblib sweep's two jobs: its share
+    assert oversubscription(threads=2, cores=2, others=0) is None
+    assert oversubscription(threads=2, cores=2, others=None) is None  # no /proc/stat: nothing to say
+    message = oversubscription(threads=2, cores=2, others=2)  # two runs of 2 threads on 2 cores
+    assert message.startswith("warning: 2 other thread(s) are running on this machine's 2 cores and this run uses 2")
+    spinning = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)
+        assert others_running() >= 1  # the busy process is seen (the reader itself is not counted)
+    finally:
+        spinning.kill()
+
+
+def test_a_joblib_sweep_gives_each_job_its_share_of_the_cores(tmp_path, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # the share is joblib's to give, not the caller's
+    proc, _ = cli("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=0,1", "trainer.max_steps=1", "logger=none",
+                  "export=none", f"hydra.sweep.dir={tmp_path}", *TINY, env_extra=tmp_path / "cache")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    threads = [json.loads(path.read_text())["environment"]["threads"] for path in sorted(tmp_path.glob("*/summary.json"))]
+    assert threads == [max((os.cpu_count() or 1) // 2, 1)] * 2
