@@ -45,7 +45,10 @@ class TabularLM(nn.Module):
                 context = context + (token,) if kept else context
                 row.append(self._row(context))
             index.append(row)
-        return SimpleNamespace(logits=self.table[torch.tensor(index, device=self.table.device)])
+        # an embedding lookup, not `table[index]`: the latter's backward (index_put_ with accumulate)
+        # adds rows that share a context with atomic adds across threads, in an order that varies from
+        # run to run; embedding's backward adds them in a fixed order (the same command, the same weights)
+        return SimpleNamespace(logits=nn.functional.embedding(torch.tensor(index, device=self.table.device), self.table))
 
     @torch.no_grad()
     def generate(self, input_ids, attention_mask, max_new_tokens: int, do_sample: bool = False,
