@@ -321,3 +321,26 @@ def test_the_tabular_policys_gradient_is_the_same_bit_for_bit_on_every_run():
         (model(ids).logits * upstream).sum().backward()
         grads.append(model.table.grad.clone())
     assert all(torch.equal(grads[0], grad) for grad in grads[1:])
+
+
+def test_a_damaged_checkpoint_is_moved_aside_and_the_run_starts_over_or_refused_when_named(tmp_path):
+    out, cache = tmp_path / "run", tmp_path / "cache"
+    args = ["trainer.max_steps=2", "trainer.val_check_interval=1", f"hydra.run.dir={out}"]
+    assert start(args, tmp_path, cache).wait(timeout=300) == 0
+    completed = json.loads((out / "summary.json").read_text())
+    checkpoint = out / "checkpoints" / "last.ckpt"
+    (out / "summary.json").write_text(json.dumps(completed | {"status": "interrupted"}))  # as a run killed mid-way
+    checkpoint.write_bytes(checkpoint.read_bytes()[: checkpoint.stat().st_size // 2])  # a checkpoint cut short
+    named = start([*args[:2], f"hydra.run.dir={tmp_path / 'other'}", f"resume={checkpoint}"], tmp_path, cache)
+    _, stderr = named.communicate(timeout=120)
+    assert named.returncode == 2 and stderr.strip().splitlines() == [
+        f"error: resume='{checkpoint}' cannot be read (BadZipFile: File is not a zip file); resume from another "
+        "checkpoint, or leave resume out to start over"]
+    again = start(args, tmp_path, cache)
+    _, stderr = again.communicate(timeout=300)
+    assert again.returncode == 0, stderr[-2000:]
+    assert f"warning: {checkpoint} cannot be read (BadZipFile: File is not a zip file): moved to last.ckpt.damaged; " \
+           "the run starts over" in stderr and "Traceback" not in stderr
+    rerun = json.loads((out / "summary.json").read_text())
+    assert rerun["status"] == "completed" and comparable(rerun) == comparable(completed)  # started over: the same run
+    assert (out / "checkpoints" / "last.ckpt.damaged").exists() and checkpoint.exists()

@@ -9,6 +9,7 @@ from omegaconf import OmegaConf
 import schema
 from models.options import check_export, check_model_config
 from schema import ConfigError
+from training.outputs import damaged
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = ROOT / "conf"
@@ -131,6 +132,9 @@ def check_config(cfg, choices: dict, defaults=None) -> object:
                           "settings to train with); warmstart=none starts from the model as built")
     if cfg.get("resume") and not Path(cfg.resume).expanduser().is_file():
         raise ConfigError(f"resume={cfg.resume!r} is not a checkpoint file; e.g. <output_dir>/checkpoints/last.ckpt")
+    if cfg.get("resume") and damaged(Path(cfg.resume).expanduser()):
+        raise ConfigError(f"resume={cfg.resume!r} cannot be read ({damaged(Path(cfg.resume).expanduser())}); resume from "
+                          "another checkpoint, or leave resume out to start over")
     if "path" in cfg.model:
         if not Path(str(cfg.model.path)).expanduser().is_dir():
             raise ConfigError(f"model.path={cfg.model.path!r} does not exist; it must be a local model directory")

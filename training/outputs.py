@@ -4,6 +4,8 @@ completed run, resumes an unfinished one from its last checkpoint (or starts it 
 none); a different config is refused, so no run ever appends to another's files."""
 import fcntl
 import json
+import sys
+import zipfile
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -52,12 +54,30 @@ def claim(output_dir: Path, cfg, checkpoint: Path):
         if summary and summary.get("status") == "completed":
             return handle, summary, None
         if checkpoint.is_file():
-            (output_dir / "summary.json").unlink(missing_ok=True)
-            return handle, None, checkpoint
+            reason = damaged(checkpoint)
+            if reason is None:
+                (output_dir / "summary.json").unlink(missing_ok=True)
+                return handle, None, checkpoint
+            aside = checkpoint.with_name(checkpoint.name + ".damaged")
+            checkpoint.replace(aside)
+            print(f"warning: {checkpoint} cannot be read ({reason}): moved to {aside.name}; the run starts over",
+                  file=sys.stderr, flush=True)
     CLAIMED.add(output_dir.absolute())
     for name in RUN_FILES:
         (output_dir / name).unlink(missing_ok=True)
     return handle, None, None
+
+
+def damaged(checkpoint: Path) -> str | None:
+    """Why a checkpoint cannot be read, or None. Lightning writes a checkpoint as torch.save's zip
+    archive: a truncated or corrupted file fails to open or fails a record's CRC (read through once,
+    nothing unpickled)."""
+    try:
+        with zipfile.ZipFile(checkpoint) as archive:
+            bad = archive.testzip()
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError, RuntimeError) as error:
+        return f"{type(error).__name__}: {error}"
+    return None if bad is None else f"its record {bad} fails its checksum"
 
 
 def resolved(cfg) -> dict:
