@@ -50,17 +50,31 @@ def checked(reward_fn, completions: list[str], rows: list[dict]):
             totals = reward_fn.combine(terms)
         else:
             terms, totals = {}, list(reward_fn(completions, rows))
-    except Exception as error:  # noqa: BLE001 - any failure of user code is reported, in one line
+    except (Exception, SystemExit) as error:  # noqa: BLE001 - any failure of user code is reported, in one line
+        #                                       (a sys.exit in a reward too: it would end the run without a word)
         culprit = next((i for i in range(len(completions)) if len(completions) > 1 and fails(reward_fn, completions[i], rows[i])), 0)
         raise RewardError(f"reward {name_of(reward_fn)} raised {type(error).__name__}: "
                           f"{(str(error).strip().splitlines() or [''])[0]} {where(culprit)}") from None
     if len(totals) != len(completions):
         raise RewardError(f"reward {name_of(reward_fn)} returned {len(totals)} scores for {len(completions)} "
                           f"completions (first: {where(0)})")
-    for i, value in enumerate(totals):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise RewardError(f"reward {name_of(reward_fn)} returned {value!r}, not a finite number, {where(i)}")
-    return [float(value) for value in totals], {name: [float(v) for v in values] for name, values in terms.items()}
+    scores = [as_score(value) for value in totals]
+    for i, value in enumerate(scores):
+        if value is None:
+            raise RewardError(f"reward {name_of(reward_fn)} returned {totals[i]!r}, not a finite number, {where(i)}")
+    return scores, {name: [as_score(v) for v in values] for name, values in terms.items()}
+
+
+def as_score(value) -> float | None:
+    """A score as a float: any real number (Python's, numpy's float32 or int64, a 0-d tensor) or a
+    boolean (True is 1.0, as a pass/fail check returns it); None for anything else or a non-finite one."""
+    if isinstance(value, (str, bytes)) or value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return number if math.isfinite(number) else None
 
 
 def fails(reward_fn, completion: str, row: dict) -> bool:

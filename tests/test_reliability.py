@@ -159,6 +159,14 @@ def test_score_names_the_function_prompt_and_completion_or_scores_failures_by_op
     with pytest.raises(RewardError, match="returned 1 scores for 3 completions"):
         score(lambda c, r: [0.0], ["a", "b", "c"], rows)
 
+    import numpy as np
+
+    rows2 = rows[:2]  # numbers of any kind are scores (numpy's, 0-d tensors, booleans as 0 and 1); text is not
+    assert score(lambda c, r: [np.float32(0.25), True], ["a", "b"], rows2) == ([0.25, 1.0], {}, 0)
+    assert score(lambda c, r: torch.tensor([1.0, 0.0]), ["a", "b"], rows2) == ([1.0, 0.0], {}, 0)
+    with pytest.raises(RewardError, match=r"returned '1', not a finite number, on prompt '1\+1='"):
+        score(lambda c, r: ["1", 0.0], ["a", "b"], rows2)
+
     def picky(completions, rows):
         return [1 / (c != "0") for c in completions]
     with pytest.raises(RewardError, match=r"raised ZeroDivisionError: division by zero on prompt '3\+3=', completion '0'"):
@@ -182,6 +190,7 @@ def fault_run(tmp_path, *args):
 @pytest.mark.parametrize("algorithm,mode,message", [
     ("grpo", "raise", "raised ZeroDivisionError: division by zero on prompt '"),
     ("gvpo", "returns_nan", "returned nan, not a finite number, on prompt '"),
+    ("rloo", "exits", "raised SystemExit: 3 on prompt '"),  # once: exit code 3, no line, no summary.json
 ])
 def test_a_failing_reward_stops_the_run_in_one_line(algorithm, mode, message, tmp_path):
     proc, lines, summary = fault_run(tmp_path, f"algorithm={algorithm}", f"task.reward.dataset={mode}")
