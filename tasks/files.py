@@ -18,11 +18,51 @@ FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
 
 def read_records(path: Path) -> Dataset:
+    """The file's records; a file that does not parse, or holds none, is refused in one line naming
+    the file (and, for JSON, the line and column)."""
     if path.is_dir():
         return load_from_disk(str(path))
     if path.suffix not in FORMATS:
         raise ConfigError(f"task.path={str(path)!r} is not a .jsonl, .json or .parquet file, nor a saved datasets directory")
-    return load_dataset(FORMATS[path.suffix], data_files=str(path), split="train")
+    if FORMATS[path.suffix] == "json":
+        check_json(path)
+    try:
+        records = load_dataset(FORMATS[path.suffix], data_files=str(path), split="train")
+    except Exception as error:  # noqa: BLE001 - a truncated Parquet file, an encoding error: one line, naming the file
+        cause = error.__cause__ or error
+        raise ConfigError(f"task.path={str(path)!r} cannot be read as {FORMATS[path.suffix]}: {type(cause).__name__}: "
+                          f"{(str(cause).strip().splitlines() or [''])[0]}") from None
+    if len(records) == 0:
+        raise ConfigError(f"task.path={str(path)!r} holds no records")
+    return records
+
+
+def check_json(path: Path) -> None:
+    """A .jsonl file: one JSON object per non-empty line; a .json file: an array of objects, or JSON
+    lines. Refused naming the line and column of the first error, or for holding no records."""
+    text = path.read_text(errors="replace")
+    if not text.strip():
+        raise ConfigError(f"task.path={str(path)!r} holds no records (the file is empty)")
+    if path.suffix == ".json" and text.lstrip().startswith("["):  # one JSON array of records
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"task.path={str(path)!r} is not valid JSON: {error.msg} at line {error.lineno}, "
+                              f"column {error.colno}") from None
+        if not records:
+            raise ConfigError(f"task.path={str(path)!r} holds no records (an empty array)")
+        return
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"task.path={str(path)!r}: line {number} is not valid JSON ({error.msg} at column "
+                              f"{error.colno})") from None
+        if not isinstance(record, dict):
+            raise ConfigError(f"task.path={str(path)!r}: line {number} is {type(record).__name__}, not a JSON object "
+                              "with the prompt and answer fields")
 
 
 class FileTask(TextTask):
@@ -38,6 +78,11 @@ class FileTask(TextTask):
         for key, field in fields.items():
             if field is not None and field not in records.column_names:
                 raise ConfigError(f"task.{key}={field!r} is not a field of {path}; its fields are: {', '.join(records.column_names)}")
+        for key in ("prompt_field", "answer_field"):
+            missing = next((i for i, value in enumerate(records[fields[key]]) if value is None), None)
+            if missing is not None:  # it would be trained on as the text "None"
+                raise ConfigError(f"task.path={str(path)!r}: record {missing + 1} has no {fields[key]!r} "
+                                  f"(task.{key}): missing or null")
         if not 0 < val_size < len(records):
             raise ConfigError(f"task.val_size={val_size} is not allowed for {path} ({len(records)} records): 0 < val_size < {len(records)}")
 

@@ -11,8 +11,10 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from datasets import Dataset
 
 import run
+from schema import ConfigError
 from storage import is_sealed
 from sweeps.runs import load_runs
 from tests.conftest import compose_config
@@ -353,3 +355,33 @@ def test_a_damaged_checkpoint_is_moved_aside_and_the_run_starts_over_or_refused_
     rerun = json.loads((out / "summary.json").read_text())
     assert rerun["status"] == "completed" and comparable(rerun) == comparable(completed)  # started over: the same run
     assert (out / "checkpoints" / "last.ckpt.damaged").exists() and checkpoint.exists()
+
+
+@pytest.mark.parametrize("name,content,message", [
+    ("empty.jsonl", "", "holds no records (the file is empty)"),
+    ("blank.jsonl", "\n\n", "holds no records"),
+    ("broken.jsonl", '{"prompt": "1+1=", "answer": "2"}\n{"prompt": "2+2=", "answer": 4\n',
+     "line 2 is not valid JSON (Expecting ',' delimiter at column 31)"),
+    ("list.jsonl", '{"prompt": "1+1=", "answer": "2"}\n[1, 2]\n', "line 2 is list, not a JSON object"),
+    ("broken.json", '[{"prompt": "1+1=", "answer": "2"},\n {"prompt": "2+2=" "answer": "4"}]',
+     "is not valid JSON: Expecting ',' delimiter at line 2, column 20"),
+    ("no_answer.jsonl", '{"prompt": "1+1=", "answer": "2"}\n{"prompt": "3+3="}\n{"prompt": "2+2=", "answer": "4"}\n',
+     "record 2 has no 'answer' (task.answer_field): missing or null"),
+    ("null_answer.jsonl", '{"prompt": "1+1=", "answer": "2"}\n{"prompt": "2+2=", "answer": null}\n',
+     "record 2 has no 'answer' (task.answer_field): missing or null"),
+    ("truncated.parquet", None, "cannot be read as parquet: ArrowInvalid: Parquet magic bytes not found in footer"),
+])
+def test_a_bad_data_file_is_refused_in_one_line_naming_the_file_and_record(name, content, message, tmp_path):
+    from tasks.files import FileTask
+
+    path = tmp_path / name
+    if content is None:  # a Parquet file cut short
+        Dataset.from_dict({"prompt": ["1+1="] * 20, "answer": ["2"] * 20}).to_parquet(tmp_path / "whole.parquet")
+        whole = (tmp_path / "whole.parquet").read_bytes()
+        path.write_bytes(whole[: len(whole) // 2])
+    else:
+        path.write_text(content)
+    with pytest.raises(ConfigError) as refused:
+        FileTask(str(path), reward=None, val_size=1)
+    assert str(refused.value).startswith(f"task.path={str(path)!r}") and message in str(refused.value)
+    assert "\n" not in str(refused.value)
