@@ -57,7 +57,7 @@ class Rule:
 
     def describe(self) -> str:
         if self.kind == "choice":
-            allowed = "one of " + ", ".join(str(choice) for choice in self.choices)
+            allowed = "one of " + ", ".join(dict.fromkeys(str(choice) for choice in self.choices if choice is not None))
         elif self.kind in ("boolean", "string", "list", "mapping"):
             allowed = {"boolean": "true or false", "string": "a string", "list": "a list", "mapping": "a mapping"}[self.kind]
         else:
@@ -104,6 +104,9 @@ RULES = {
     "resume": Rule("string", nullable=True, meaning="a checkpoint file, e.g. <output_dir>/checkpoints/last.ckpt"),
     "reward_on_failure": number(nullable=True, meaning="null: stop the run; a number: the score of a failed response"),
     "export": one_of("merged", "adapter", "none"),
+    "task.reward": Rule("mapping", meaning="the reward function (a _target_ and its arguments)"),
+    "trainer.precision": one_of("32-true", "32", 32, "bf16-mixed", "16-mixed", nullable=True,
+                                meaning="the precisions ptlab runs: null or 32-true (float32), bf16-mixed, 16-mixed (GPU)"),
     "generation.max_new_tokens": COUNT,
     "generation.temperature": POSITIVE,
     "generation.top_p": number(0, 1, low_open=True),

@@ -159,7 +159,7 @@ def cli(*args, cwd=ROOT, env_extra=None):
     (["export=adapter"], "export=adapter needs a LoRA policy"),
     (["trainer.gradient_clip_val=1.0"], "trainer.gradient_clip_val=1.0 is not supported under manual optimisation"),
     (["trainer.accumulate_grad_batches=32"], "trainer.accumulate_grad_batches=32 is not allowed"),
-    (["trainer.precision=fp77"], "trainer: Precision 'fp77' is invalid"),
+    (["trainer.precision=fp77"], "trainer.precision='fp77' is not allowed: one of 32-true, 32, bf16-mixed, 16-mixed or null"),
 ])
 def test_bad_input_is_refused_in_one_line_before_training(args, message, tmp_path):
     proc, seconds = cli(*args, f"hydra.run.dir={tmp_path}", env_extra=tmp_path / "cache")
@@ -191,6 +191,16 @@ def test_bad_input_is_refused_in_one_line_before_training(args, message, tmp_pat
     (["beta=${oc.env:PTLAB_UNSET_VARIABLE}"], "beta='${oc.env:PTLAB_UNSET_VARIABLE}' is not allowed: it cannot be "
                                               "resolved (KeyError raised while resolving interpolation"),
     (["lr=${seed}"], "lr='${seed}' (= 0) is not allowed: a number > 0"),
+    # keys outside the schema's rules, once checked only after the job (or its warm start) had started
+    (["optimizer.betas=[0.9]"], "optimizer.betas=[0.9] is not allowed: torch.optim.AdamW refuses it"),
+    (["trainer.precision=64"], "trainer.precision=64 is not allowed: one of 32-true, 32, bf16-mixed, 16-mixed or null"),
+    (["task.reward=null"], "task.reward=None is not allowed: a mapping (the reward function"),
+    (["task.reward._target_=typo.Func"], "task.reward._target_='typo.Func' cannot be imported: No module named 'typo'"),
+    (["task.prompt_template="], "task.prompt_template='' is not allowed: it names no field of the records"),
+    (["model.num_heads=3"], "model.num_heads=3 is not allowed: it must divide model.hidden_size=128"),
+    (["callbacks.checkpoint.dirpath=/proc/1"], "callbacks.checkpoint.dirpath='/proc/1' is not allowed: it must be a writable"),
+    (["trainer.strategy=nonsense"], "trainer.strategy='nonsense' is not allowed: You selected an invalid strategy name"),
+    (["trainer.devices=0"], "trainer.devices=0 is not allowed: `Trainer(devices=0)` value is not a valid input"),
 ])
 def test_bad_values_exit_2_in_one_line_within_seconds_on_an_empty_cache(args, message, tmp_path):
     """Refused before Hydra starts a job: no output directory, no summary, no cache, exit code 2."""

@@ -141,6 +141,13 @@ def check_config(cfg, choices: dict, defaults=None) -> object:
     check_model_config(cfg.model, cfg.trainer.accelerator)
     check_export(cfg.export, (cfg.model.get("lora") or {}).get("r", 0))
     check_trainer(cfg)
+    if defaults is not None:
+        check_trainer_arguments(cfg, defaults)
+    if defaults is not None:
+        check_targets(cfg, defaults)
+    check_optimizer(cfg, defaults)
+    check_task_template(cfg)
+    check_model_shape(cfg)
     check_generation(cfg, choices)
     sampler = build(cfg.sampler, tokenizer=None, reward_fn=None)
     sources = get_class(cfg.algorithm._target_).sources
@@ -194,3 +201,94 @@ def check_trainer(cfg) -> None:
         raise ConfigError(f"trainer.accumulate_grad_batches={accumulate!r} is not allowed: an integer from 1 to the "
                           f"prompts of one optimiser step ({groups} = prompts_per_step / module.minibatches), "
                           "each micro-batch holding whole groups")
+
+
+def check_trainer_arguments(cfg, defaults) -> None:
+    """Trainer arguments changed from the experiment's (trainer.precision, strategy, devices, ...) are
+    given to a Trainer built here, before any job starts: Lightning checks its own arguments (and its
+    import, about 2-3 s, is paid only when one was changed)."""
+    mine, shipped = (OmegaConf.to_container(node.trainer, resolve=False) for node in (cfg, defaults))
+    changed = {key for key in mine if key in shipped and mine[key] != shipped[key]}
+    changed -= {"max_steps", "val_check_interval", "log_every_n_steps", "enable_progress_bar", "enable_model_summary",
+                "accumulate_grad_batches", "default_root_dir", "num_sanity_val_steps", "max_epochs"}  # ptlab's own checks
+    if not changed:
+        return
+    import logging
+
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    arguments = {key: value for key, value in mine.items() if key != "default_root_dir" and not (
+        isinstance(value, str) and "${" in value)}
+    try:
+        instantiate({**arguments, "_target_": cfg.trainer._target_}, logger=False, callbacks=[], enable_checkpointing=False,
+                    accumulate_grad_batches=1)
+    except Exception as error:  # noqa: BLE001 - whatever Lightning refuses: one line
+        cause = error.__cause__ if isinstance(error, InstantiationException) and error.__cause__ else error
+        key = min(changed)
+        raise ConfigError(f"trainer.{key}={mine[key]!r} is not allowed: "
+                          f"{(str(cause).strip().splitlines() or [''])[0]}") from None
+
+
+def check_targets(cfg, defaults) -> None:
+    """Every `_target_` the command line changed names an importable class or function (a typo fails
+    here, not after the warm start); the experiment's own are imported when the job builds them."""
+    from hydra._internal.utils import _locate  # hydra.utils.get_object, without its logged error lines
+
+    def walk(node, path: str):
+        if isinstance(node, dict):
+            target = node.get("_target_")
+            shipped = OmegaConf.select(defaults, f"{path}_target_", default=None) if path else defaults.get("_target_")
+            if isinstance(target, str) and target != shipped:
+                try:
+                    _locate(target)
+                except Exception as error:  # noqa: BLE001 - ImportError, AttributeError, ...: one line
+                    reason = (str(error.__cause__ or error).strip().splitlines() or [""])[0]
+                    raise ConfigError(f"{path}_target_={target!r} cannot be imported: {reason}") from None
+            for key, value in node.items():
+                walk(value, f"{path}{key}.")
+        elif isinstance(node, list):
+            for value in node:
+                walk(value, path)
+
+    walk(OmegaConf.to_container(cfg, resolve=False) | {"hydra": None}, "")
+
+
+def check_optimizer(cfg, defaults=None) -> None:
+    """The optimizer is built on one parameter: a bad betas, eps or weight decay fails here, naming
+    the first optimizer key changed from the experiment's."""
+    import torch
+
+    try:
+        instantiate(cfg.optimizer)(params=[torch.nn.Parameter(torch.zeros(1))])
+    except Exception as error:  # noqa: BLE001 - whatever the optimizer refuses: one line
+        cause = error.__cause__ if isinstance(error, InstantiationException) and error.__cause__ else error
+        mine = OmegaConf.to_container(cfg.optimizer, resolve=False)
+        shipped = OmegaConf.to_container(defaults.optimizer, resolve=False) if defaults is not None else {}
+        changed = [key for key in mine if key in shipped and mine[key] != shipped[key]]
+        named = f"optimizer.{changed[0]}={mine[changed[0]]!r} is not allowed" if changed else "optimizer"
+        raise ConfigError(f"{named}: {cfg.optimizer._target_} refuses it ({type(cause).__name__}: "
+                          f"{(str(cause).strip().splitlines() or [''])[0]})") from None
+
+
+def check_task_template(cfg) -> None:
+    """A prompt template must name a field of the task's records: without one every prompt is the same text."""
+    import string
+
+    template = cfg.task.get("prompt_template")
+    if template is None:
+        return
+    try:
+        fields = [field for _, field, _, _ in string.Formatter().parse(str(template)) if field]
+    except ValueError as error:
+        raise ConfigError(f"task.prompt_template={template!r} is not allowed: {error}") from None
+    if not fields:
+        raise ConfigError(f"task.prompt_template={template!r} is not allowed: it names no field of the records "
+                          "(e.g. {question} or {metadata[expression]}), so every prompt would be the same text")
+
+
+def check_model_shape(cfg) -> None:
+    """The tiny Llama's shape: attention heads must divide the hidden size."""
+    if not str(cfg.model.get("_target_", "")).endswith("tiny_llama"):
+        return
+    hidden, heads = cfg.model.get("hidden_size"), cfg.model.get("num_heads")
+    if isinstance(hidden, int) and isinstance(heads, int) and heads > 0 and hidden % heads:
+        raise ConfigError(f"model.num_heads={heads} is not allowed: it must divide model.hidden_size={hidden}")

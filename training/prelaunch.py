@@ -115,6 +115,9 @@ def check_job(overrides: list[str], multirun: bool, defaults: dict) -> None:
     check_writable("hydra.sweep.dir" if multirun else "hydra.run.dir",
                    cfg.hydra.sweep.dir if multirun else cfg.hydra.run.dir)
     check_writable("cache_dir", OmegaConf.select(cfg, "cache_dir"))
+    checkpoints = cfg.get("callbacks", {}).get("checkpoint")
+    if checkpoints and not OmegaConf.is_interpolation(checkpoints, "dirpath"):  # the default lives in the run directory
+        check_writable("callbacks.checkpoint.dirpath", checkpoints.dirpath)
 
 
 def processes_per_job(trainer) -> int:
