@@ -104,7 +104,6 @@ RULES = {
     "resume": Rule("string", nullable=True, meaning="a checkpoint file, e.g. <output_dir>/checkpoints/last.ckpt"),
     "reward_on_failure": number(nullable=True, meaning="null: stop the run; a number: the score of a failed response"),
     "export": one_of("merged", "adapter", "none"),
-    "task.reward": Rule("mapping", meaning="the reward function (a _target_ and its arguments)"),
     "trainer.precision": one_of("32-true", "32", 32, "bf16-mixed", "16-mixed", nullable=True,
                                 meaning="the precisions ptlab runs: null or 32-true (float32), bf16-mixed, 16-mixed (GPU)"),
     "generation.max_new_tokens": COUNT,

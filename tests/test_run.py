@@ -194,13 +194,14 @@ def test_bad_input_is_refused_in_one_line_before_training(args, message, tmp_pat
     # keys outside the schema's rules, once checked only after the job (or its warm start) had started
     (["optimizer.betas=[0.9]"], "optimizer.betas=[0.9] is not allowed: torch.optim.AdamW refuses it"),
     (["trainer.precision=64"], "trainer.precision=64 is not allowed: one of 32-true, 32, bf16-mixed, 16-mixed or null"),
-    (["task.reward=null"], "task.reward=None is not allowed: a mapping (the reward function"),
+    (["task.reward=null"], "task.reward=null is not allowed: a task needs its reward function"),
     (["task.reward._target_=typo.Func"], "task.reward._target_='typo.Func' cannot be imported: No module named 'typo'"),
     (["task.prompt_template="], "task.prompt_template='' is not allowed: it names no field of the records"),
     (["model.num_heads=3"], "model.num_heads=3 is not allowed: it must divide model.hidden_size=128"),
     (["callbacks.checkpoint.dirpath=/proc/1"], "callbacks.checkpoint.dirpath='/proc/1' is not allowed: it must be a writable"),
     (["trainer.strategy=nonsense"], "trainer.strategy='nonsense' is not allowed: You selected an invalid strategy name"),
     (["trainer.devices=0"], "trainer.devices=0 is not allowed: `Trainer(devices=0)` value is not a valid input"),
+    (["task.train_size=256"], "warmstart.calibration_rows=2000 is not allowed with task.train_size=256"),  # ZeroDivisionError
 ])
 def test_bad_values_exit_2_in_one_line_within_seconds_on_an_empty_cache(args, message, tmp_path):
     """Refused before Hydra starts a job: no output directory, no summary, no cache, exit code 2."""

@@ -107,8 +107,10 @@ def test_a_multirun_without_a_sweep_name_is_grouped_by_its_sweep_directory(tmp_p
 
 def test_off_policy_regimes_set_the_sampler_and_the_update_epochs(tmp_path):
     expected = {"on_policy": ("training.samplers.OnPolicy", 1), "replay": ("training.samplers.Replay", 1), "stale": ("training.samplers.Stale", 1),
-                "epochs2": ("training.samplers.OnPolicy", 2), "epochs4": ("training.samplers.OnPolicy", 4)}
+                "epochs2": ("training.samplers.OnPolicy", 2), "epochs4": ("training.samplers.OnPolicy", 4),
+                "stale4": ("training.samplers.Stale", 1)}
     assert set(group_options("regime")) == set(expected)
     for regime, (sampler, epochs) in expected.items():
         cfg = compose_config(["experiment=off_policy", f"+regime={regime}", "algorithm=rloo"], tmp_path)
         assert (cfg.sampler._target_, cfg.module.update_epochs, cfg.algorithm._target_) == (sampler, epochs, "algorithms.grpo.GRPO")
+        assert cfg.sampler.get("refresh_every") == {"stale": 10, "stale4": 4}.get(regime)

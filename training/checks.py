@@ -62,8 +62,8 @@ def parse_overrides(args: list[str]) -> list:
 def command_line_overrides(args: list[str]) -> list[str]:
     """The key=value arguments, without flags and their values (`--config-dir DIR`)."""
     flags_with_values = ("--config-dir", "-cd", "--config-path", "-cp", "--config-name", "-cn", "--experimental-rerun")
-    return [arg for i, arg in enumerate(args)
-            if "=" in arg and not arg.startswith("-") and not (i and args[i - 1] in flags_with_values)]
+    return [arg for i, arg in enumerate(args)  # key=value, +key=value, ~key (a deletion)
+            if ("=" in arg or arg.startswith("~")) and not arg.startswith("-") and not (i and args[i - 1] in flags_with_values)]
 
 
 def trainer_arguments() -> set[str]:
@@ -130,6 +130,14 @@ def check_config(cfg, choices: dict, defaults=None) -> object:
     if cfg.warmstart.steps > 0 and not {"batch_size", "lr", "seed", "cache_dir"} <= set(cfg.warmstart):
         raise ConfigError(f"warmstart.steps={cfg.warmstart.steps} needs warmstart=sft (this warm start has no "
                           "settings to train with); warmstart=none starts from the model as built")
+    if "reward" in cfg.task and cfg.task.reward is None:
+        raise ConfigError("task.reward=null is not allowed: a task needs its reward function (a _target_ and its arguments)")
+    settings, size = cfg.warmstart, cfg.task.get("train_size")
+    if (settings.steps > 0 and settings.get("target_accuracy") is not None and isinstance(size, int)
+            and size <= settings.get("calibration_rows", 0)):
+        raise ConfigError(f"warmstart.calibration_rows={settings.calibration_rows} is not allowed with task.train_size="
+                          f"{size}: the calibration rows are held out of the training rows, and would take all of them "
+                          "(fewer calibration rows, more training rows, or warmstart.target_accuracy=null)")
     if cfg.get("resume") and not Path(cfg.resume).expanduser().is_file():
         raise ConfigError(f"resume={cfg.resume!r} is not a checkpoint file; e.g. <output_dir>/checkpoints/last.ckpt")
     if cfg.get("resume") and damaged(Path(cfg.resume).expanduser()):
@@ -233,23 +241,24 @@ def check_targets(cfg, defaults) -> None:
     here, not after the warm start); the experiment's own are imported when the job builds them."""
     from hydra._internal.utils import _locate  # hydra.utils.get_object, without its logged error lines
 
-    def walk(node, path: str):
+    def walk(node, shipped, path: str):
         if isinstance(node, dict):
+            shipped = shipped if isinstance(shipped, dict) else {}
             target = node.get("_target_")
-            shipped = OmegaConf.select(defaults, f"{path}_target_", default=None) if path else defaults.get("_target_")
-            if isinstance(target, str) and target != shipped:
+            if isinstance(target, str) and target != shipped.get("_target_"):
                 try:
                     _locate(target)
                 except Exception as error:  # noqa: BLE001 - ImportError, AttributeError, ...: one line
                     reason = (str(error.__cause__ or error).strip().splitlines() or [""])[0]
                     raise ConfigError(f"{path}_target_={target!r} cannot be imported: {reason}") from None
             for key, value in node.items():
-                walk(value, f"{path}{key}.")
+                walk(value, shipped.get(key), f"{path}{key}.")
         elif isinstance(node, list):
-            for value in node:
-                walk(value, path)
+            for i, value in enumerate(node):
+                walk(value, shipped[i] if isinstance(shipped, list) and i < len(shipped) else None, path)
 
-    walk(OmegaConf.to_container(cfg, resolve=False) | {"hydra": None}, "")
+    walk(OmegaConf.to_container(cfg, resolve=False) | {"hydra": None},
+         OmegaConf.to_container(defaults, resolve=False) | {"hydra": None}, "")
 
 
 def check_optimizer(cfg, defaults=None) -> None:
