@@ -59,6 +59,7 @@ def test_update_flops_count_a_shared_prompt_once(tokenizer):
     assert shared["update GFLOP/s"][0] == 6 * 1000 * 25 / 1e9 and shared["trained/s"][0] == 100.0
 
 
+@pytest.mark.slow  # three runs with a warm start (about 40 s): the bench, not the library
 def test_step_cost_runs_each_lever_and_reads_the_reference_evaluation_back(tmp_path):
     from bench.step_cost import main as step_cost
     from tests.test_run import TINY
