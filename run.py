@@ -17,7 +17,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 import parallel
-from schema import ConfigError, RunStopped
+from schema import ConfigError, RunStopped, one_line
 from tasks.base import fingerprint
 from training.checks import build, check_config
 from training.outputs import claim, holds
@@ -177,7 +177,7 @@ def main(cfg: DictConfig) -> float:
             write_failure(hydra_cfg.runtime.output_dir, cfg, dict(hydra_cfg.runtime.choices), error)
         if not isinstance(error, (ConfigError, RunStopped)):
             raise
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {one_line(error)}", file=sys.stderr)
         if hydra_cfg.mode == RunMode.MULTIRUN:
             raise
         sys.exit(2 if isinstance(error, ConfigError) else 1)
@@ -187,6 +187,6 @@ if __name__ == "__main__":
     try:
         check_command_line(sys.argv[1:])  # every job's config, before Hydra starts the first
     except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {one_line(error)}", file=sys.stderr)
         sys.exit(2)
     main()

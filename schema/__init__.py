@@ -18,6 +18,14 @@ class ConfigError(ValueError):
     """A bad configuration value: the message names the key, the value given and what is allowed."""
 
 
+def one_line(error: BaseException, longest: int = 120) -> str:
+    """The error's message as printed: one line, any word longer than `longest` characters (a
+    3000-character key, a 5000-digit number) cut to its start and its length."""
+    words = str(error).split()
+    return " ".join(word if len(word) <= longest else f"{word[:60]}...({len(word)} characters){word[-1] * (word[-1] in ':;,')}"
+                    for word in words)
+
+
 class RunStopped(Exception):
     """A run that cannot go on (a reward function that fails, updates that stay non-finite): the
     message, one line, says where; run.py prints it and exits with code 1."""
@@ -188,7 +196,12 @@ NOT_INFERRED = ("trainer.",)
 
 def check(cfg: DictConfig, defaults: DictConfig | None = None) -> None:
     """Raise ConfigError for the first leaf of `cfg` that its rule, or the type of the same leaf in
-    `defaults`, does not allow; or that is missing (`???`)."""
+    `defaults`, does not allow; or that is missing (`???`), or deleted (`~key`) when ptlab reads it
+    (a top-level node or a key with a rule)."""
+    if defaults is not None:
+        for key in [name for name in defaults if name != "hydra"] + list(RULES):
+            if _present(defaults, key) and not _present(cfg, key):
+                raise ConfigError(f"~{key} is not allowed: ptlab reads {key}; set a value instead ({key}=...)")
     for key, value in sorted(leaves(cfg), key=lambda leaf: leaf[0].count(".")):  # `lr` before `optimizer.lr: ${lr}`
         if isinstance(value, Unresolved):
             raise ConfigError(f"{key}={value.text!r} is not allowed: it cannot be resolved ({value.reason})")
@@ -206,6 +219,12 @@ def check(cfg: DictConfig, defaults: DictConfig | None = None) -> None:
 
 
 MISSING = object()
+
+
+def _present(cfg, key: str) -> bool:
+    parent, _, name = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent, throw_on_resolution_failure=False) if parent else cfg
+    return isinstance(node, DictConfig) and name in node
 
 
 @dataclass(frozen=True)

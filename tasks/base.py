@@ -57,6 +57,18 @@ class TextTask:
     def val_dataset(self) -> Dataset:
         return self._val
 
+    def check_context(self, tokenizer, context: int | None, max_new_tokens: int, key: str) -> None:
+        """Every prompt plus `max_new_tokens` must fit in the model's context (`context` positions,
+        None: unbounded); raised before the warm start, naming the key that sets the context."""
+        if context is None:
+            return
+        rows = [row for split in (self._train, self._val) if "prompt" in split.column_names for row in split["prompt"]]
+        longest = max((len(tokenizer(text).input_ids) for text in rows), default=0)
+        if longest + max_new_tokens > context:
+            raise ConfigError(f"{key}={context} is not allowed: the longest prompt is {longest} tokens and responses up to "
+                              f"{max_new_tokens} more (generation.max_new_tokens), so the model needs a context of at "
+                              f"least {longest + max_new_tokens}")
+
     def evaluator(self, policy, tokenizer, generator, beta: float):
         from training.evaluation import HeldOutEvaluation
 

@@ -160,6 +160,7 @@ def cli(*args, cwd=ROOT, env_extra=None):
     (["trainer.gradient_clip_val=1.0"], "trainer.gradient_clip_val=1.0 is not supported under manual optimisation"),
     (["trainer.accumulate_grad_batches=32"], "trainer.accumulate_grad_batches=32 is not allowed"),
     (["trainer.precision=fp77"], "trainer.precision='fp77' is not allowed: one of 32-true, 32, bf16-mixed, 16-mixed or null"),
+    (["model.max_length=10"], "model.max_length=10 is not allowed: the longest prompt is 11 tokens"),  # trained past its context
 ])
 def test_bad_input_is_refused_in_one_line_before_training(args, message, tmp_path):
     proc, seconds = cli(*args, f"hydra.run.dir={tmp_path}", env_extra=tmp_path / "cache")

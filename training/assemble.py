@@ -49,6 +49,10 @@ def build_policy(cfg, task, model_name: str = "this model"):
     options = policy_options(cfg.model)
     check_lora_targets(base, options.get("lora"))  # before the warm start, which may take minutes
     task.format_prompts(tokenizer, model_name)
+    if hasattr(task, "check_context"):  # the exact task has no text prompts
+        context = getattr(getattr(base, "config", None), "max_position_embeddings", None)
+        key = "model.max_length" if "max_length" in cfg.model else "the model's max_position_embeddings"
+        task.check_context(tokenizer, context, cfg.generation.max_new_tokens, key)
     warm = warm_start(cfg, task, base, tokenizer) if cfg.warmstart.steps > 0 else None
     if warm:
         base, tokenizer = build_base(cfg.model, str(warm))

@@ -39,7 +39,10 @@ def group_options(group: str, repository=None) -> list[str]:
     from hydra.core.object_type import ObjectType
 
     repository = repository or config_repository([])
-    if not repository.group_exists(group):
+    try:
+        if not repository.group_exists(group):
+            return []
+    except OSError:  # a key too long to be a file name: not a group
         return []
     return [name for name in repository.get_group_options(group, results_filter=ObjectType.CONFIG) if not name.startswith("_")]
 
@@ -52,6 +55,8 @@ def parse_overrides(args: list[str]) -> list:
     for arg in command_line_overrides(args):
         try:
             overrides += OverridesParser.create().parse_overrides([arg])
+        except ValueError as error:  # a number Python will not read (more than 4300 digits)
+            raise ConfigError(f"{arg!r} is not a valid override ({error})") from None
         except OverrideParseException as error:
             lines = [line for line in str(error).splitlines() if line.strip() and not line.startswith(("Error parsing", "See "))]
             reason = lines[0] if lines else "Hydra cannot parse it"
@@ -77,6 +82,8 @@ def check_overrides(args: list[str]) -> None:
     repository = config_repository(args)
     for override in parse_overrides(args):
         group = override.key_or_group
+        if any(len(part) > 255 for part in group.replace("/", ".").split(".")):  # Hydra looks each up as a file name
+            raise ConfigError(f"{group} is not a key of any config (a name of {max(map(len, group.split('.')))} characters)")
         options = group_options(group, repository)
         if group == "hydra/launcher":
             check_launcher(override.get_value_element_as_str())
@@ -295,9 +302,14 @@ def check_task_template(cfg) -> None:
 
 
 def check_model_shape(cfg) -> None:
-    """The tiny Llama's shape: attention heads must divide the hidden size."""
+    """The tiny Llama's shape: attention heads must divide the hidden size, the context hold more
+    than the generation budget (each prompt is checked against it once the tokenizer is built)."""
     if not str(cfg.model.get("_target_", "")).endswith("tiny_llama"):
         return
     hidden, heads = cfg.model.get("hidden_size"), cfg.model.get("num_heads")
     if isinstance(hidden, int) and isinstance(heads, int) and heads > 0 and hidden % heads:
         raise ConfigError(f"model.num_heads={heads} is not allowed: it must divide model.hidden_size={hidden}")
+    context, budget = cfg.model.get("max_length"), cfg.generation.get("max_new_tokens")
+    if isinstance(context, int) and isinstance(budget, int) and context <= budget:  # prompts checked once tokenized
+        raise ConfigError(f"model.max_length={context} is not allowed: it is the model's context, which must hold a prompt "
+                          f"and up to generation.max_new_tokens={budget} response tokens")

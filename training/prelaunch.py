@@ -130,8 +130,11 @@ def processes_per_job(trainer) -> int:
 def check_writable(key: str, path) -> None:
     """A directory that exists and is writable, or can be created under one that is."""
     existing = Path(str(path)).expanduser().absolute()
-    while not existing.exists():
-        existing = existing.parent
+    try:
+        while not existing.exists():
+            existing = existing.parent
+    except OSError as error:  # a name longer than the file system allows
+        raise ConfigError(f"{key}={str(path)!r} is not allowed: {error.strerror}") from None
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise ConfigError(f"{key}={str(path)!r} is not allowed: it must be a writable directory, and {existing} "
                           f"is {'not a directory' if not existing.is_dir() else 'not writable'}")
