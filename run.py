@@ -8,11 +8,13 @@ import os
 import signal
 import sys
 import time
+import traceback
 import warnings
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
@@ -168,19 +170,48 @@ def main(cfg: DictConfig) -> float:
         print(headline(summary), flush=True)
         return summary["val/accuracy"]
     except Interrupted as interrupted:  # summary.json says so; the exit code too, and a sweep stops
-        print(f"error: {interrupted}; summary and checkpoint in {HydraConfig.get().runtime.output_dir}",
-              file=sys.stderr, flush=True)
+        output_dir = Path(HydraConfig.get().runtime.output_dir)
+        checkpoints = cfg.callbacks.get("checkpoint")
+        last = (Path(checkpoints.dirpath) if checkpoints else output_dir / "checkpoints") / "last.ckpt"
+        kept = "summary and checkpoint" if last.exists() else "summary (no checkpoint: stopped before a step ended)"
+        print(f"error: {interrupted}; {kept} in {output_dir}", file=sys.stderr, flush=True)
         sys.exit(128 + interrupted.signum)
     except Exception as error:
         hydra_cfg = HydraConfig.get()
         if holds(hydra_cfg.runtime.output_dir) and parallel.rank() == 0:  # only into a directory this run claimed
-            write_failure(hydra_cfg.runtime.output_dir, cfg, dict(hydra_cfg.runtime.choices), error)
-        if not isinstance(error, (ConfigError, RunStopped)):
+            try:
+                write_failure(hydra_cfg.runtime.output_dir, cfg, dict(hydra_cfg.runtime.choices), error)
+            except OSError as unwritten:  # the disk that failed the run may fail this write too
+                if not disk_full(unwritten):
+                    raise
+        expected = isinstance(error, (ConfigError, RunStopped)) or disk_full(error)
+        if disk_full(error):
+            where = f"writing {error.filename}" if error.filename else "writing the run's files"
+            error = RunStopped(f"{error.strerror} {where}: the disk is full or a file-size "
+                               f"limit (ulimit -f) was reached; files are written whole or not at all: free space and run the "
+                               f"same command again")
+        if hydra_cfg.mode == RunMode.MULTIRUN:  # the other jobs still run; Hydra then raises this job's error
+            if not expected:
+                traceback.print_exc()  # a bug: its traceback where it happened, among this job's lines
+            print(f"error: {one_line(error)}", file=sys.stderr, flush=True)
+            raise JobFailed(f"error: job {hydra_cfg.job.num} failed ({one_line(error)}); its summary.json is in "
+                            f"{hydra_cfg.runtime.output_dir}; the sweep's other jobs ran") from None
+        if not expected:
             raise
         print(f"error: {one_line(error)}", file=sys.stderr)
-        if hydra_cfg.mode == RunMode.MULTIRUN:
-            raise
         sys.exit(2 if isinstance(error, ConfigError) else 1)
+
+
+def disk_full(error: BaseException) -> bool:
+    """An OSError of a full disk, a quota or a file-size limit, anywhere in the run's writes."""
+    import errno
+
+    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+
+
+class JobFailed(CompactHydraException):
+    """A sweep's failed job, as Hydra reports it after the sweep: one line, no traceback (Hydra prints
+    a CompactHydraException's message only; the job's own lines came when it failed)."""
 
 
 if __name__ == "__main__":

@@ -36,14 +36,26 @@ def write_atomically(path: Path, text: str) -> None:
 
 @contextmanager
 def file_lock(path: Path):
-    """An exclusive lock on `path` (created if need be), held until the block ends or the process dies."""
+    """An exclusive lock on `path` (created if need be), held until the block ends or the process dies.
+    The file is removed when the block ends, normally or by an exception or signal, so a cache holds
+    only what was built (a process killed with -9 leaves it: harmless, the next build reuses it). A
+    waiter that wakes holding the lock of a file since removed tries again on the path's new file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
+    while True:
+        handle = open(path, "a")
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            if os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        handle.close()
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)  # while held: no other process can hold this file's lock now
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
 
 
 def digest(path: Path) -> str:

@@ -145,6 +145,9 @@ def render(runs: list[Run], options: dict, directory: Path, compares=(), at=None
         kept, extra = claims.declared_seeds(runs, study)
         runs = kept + [run for run in runs if run.seed is None]
     sections = [claims_section(runs, study, extra)] if study and study.claims else []
+    if all(run.failed for run in runs):  # nothing to tabulate or plot
+        return "\n\n".join(sections + ["### Results\n\nNo job completed: every one is listed below with its error.",
+                                        failures(runs)])
     if options["pivot"]:
         rows, columns = options["pivot"].split(",")
         sections.append(f"### Results\n\n{metrics[0]}, {INTERVAL}\n\n" + pivot(runs, metrics[0], rows, columns))

@@ -48,15 +48,30 @@ def load_runs(directory: Path, ignore: tuple[str, ...] = ("seed",)) -> list[Run]
             summary = json.loads(path.read_text())
         except (OSError, ValueError) as error:  # empty or cut short (a full disk, a kill): a failed job
             summary = {"status": "failed", "error": f"unreadable summary.json: {type(error).__name__}"}
-        overrides_file = path.parent / ".hydra" / "overrides.yaml"
-        if overrides_file.exists():
-            overrides = yaml.safe_load(overrides_file.read_text()) or []
-        else:
+        if not isinstance(summary, dict):  # [] / null / a number: not a summary ptlab wrote
+            summary = {"status": "failed", "error": f"summary.json holds {type(summary).__name__}, not a summary"}
+        overrides = read_overrides(path.parent / ".hydra" / "overrides.yaml")
+        if overrides is None:
             overrides = [f"{key}={summary[key]}" for key in ("algorithm", "sampler") if key in summary]
         found.append((path.parent, summary, [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in ignore]))
     shared = set.intersection(*(set(o) for _, _, o in found)) if len(found) > 1 else set()
     return [Run(d, s, ",".join(o for o in overrides if o not in shared) or "(default)", overrides)
             for d, s, overrides in found]
+
+
+def read_overrides(path: Path) -> list[str] | None:
+    """Hydra's overrides.yaml of a job (a list of strings), or None when absent; one that is not
+    such a list is refused in one line naming the file."""
+    if not path.exists():
+        return None
+    try:
+        overrides = yaml.safe_load(path.read_text()) or []
+    except yaml.YAMLError as error:
+        raise SystemExit(f"error: {path} is not valid YAML ({' '.join(str(error).split())[:200]}); "
+                         "restore it or delete the job's directory") from None
+    if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+        raise SystemExit(f"error: {path} is not a list of overrides (Hydra writes one, e.g. [algorithm=grpo, seed=0])")
+    return overrides
 
 
 def natural(value) -> tuple:

@@ -80,6 +80,76 @@ def test_a_sigterm_after_the_batch_end_hook_still_stops_at_the_next_step_with_a_
     assert signal.getsignal(signal.SIGTERM) is stop.previous[signal.SIGTERM]  # handlers given back
 
 
+def test_the_step_a_signal_interrupts_keeps_its_metrics_row_and_its_checkpoint(tmp_path):
+    """A signal during step 2 stops the run after it; step 2's logged metrics reach the CSV (they were
+    lost: the stop was raised in the batch-end hook, before Lightning logs the step)."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    class Logged(_Line):
+        def training_step(self, batch, batch_idx):
+            if batch_idx == 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+            loss = super().training_step(batch, batch_idx)
+            self.log("train/loss", loss)
+            return loss
+
+    with StopOnSignal(tmp_path) as stop:
+        trainer = L.Trainer(max_steps=10, callbacks=[stop], logger=CSVLogger(tmp_path, name="csv"), log_every_n_steps=1,
+                            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                            accelerator="cpu")
+        with pytest.raises(Interrupted, match="SIGTERM"):
+            trainer.fit(Logged(), torch.utils.data.DataLoader(torch.randn(40, 2), batch_size=2))
+    rows = (tmp_path / "csv" / "version_0" / "metrics.csv").read_text().splitlines()
+    assert rows[0] == "epoch,step,train/loss" and [row.split(",")[1] for row in rows[1:]] == ["0", "1", "2"], rows
+    assert trainer.global_step == 3 and torch.load(tmp_path / "last.ckpt", weights_only=False)["global_step"] == 3
+
+
+def test_sigterm_in_the_warm_start_leaves_no_lock_and_says_no_checkpoint_was_written(tmp_path):
+    """Once: the warm start's lock file stayed in the cache, and the last line claimed a checkpoint
+    that did not exist."""
+    out, cache = tmp_path / "run", tmp_path / "cache"
+    proc = start(["warmstart.steps=5000", f"hydra.run.dir={out}"], tmp_path, cache)
+    deadline = time.time() + 120
+    while not list(cache.glob("warmstart/*.lock")) and time.time() < deadline:  # the build holds its lock
+        time.sleep(0.05)
+    time.sleep(1)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1] == (f"error: stopped by SIGTERM; summary (no checkpoint: stopped before a step "
+                                               f"ended) in {out}")
+    assert json.loads((out / "summary.json").read_text())["status"] == "interrupted"
+    assert list((cache / "warmstart").iterdir()) == []  # no lock, no partial build
+
+
+def test_a_lock_waiter_that_wakes_on_a_removed_lock_file_locks_the_new_one(tmp_path):
+    """file_lock removes its file when the block ends; a process that was waiting on the removed file
+    must not enter while another holds the lock of the path's new file."""
+    import threading
+
+    from storage import file_lock
+
+    path, inside, order = tmp_path / "x.lock", [], []
+
+    def hold(name, pause):
+        with file_lock(path):
+            inside.append(name)
+            order.append(len(inside))  # how many were inside at once
+            time.sleep(pause)
+            inside.remove(name)
+
+    threads = [threading.Thread(target=hold, args=(i, 0.05)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert order == [1] * 6 and not path.exists()
+    with pytest.raises(KeyboardInterrupt):  # a signal inside the block: the file goes too
+        with file_lock(path):
+            raise KeyboardInterrupt
+    assert not path.exists()
+
+
 def test_two_runs_started_together_get_two_directories_and_share_one_warm_start(tmp_path):
     """Same command, same second, empty cache: two output directories; one run builds the warm start,
     the other waits for its lock and reuses it; no partial directory is left behind."""
@@ -107,6 +177,11 @@ def test_a_directory_is_locked_by_its_run_and_refused_to_another_config(tmp_path
     config.write_text(config.read_text().replace("lr: 0.0003", "lr: 0.1", 1))
     with pytest.raises(OutputDirectoryTaken, match=r"holds a run of another config \(optimizer.lr: 0.1 -> 0.0003\)"):
         claim(tmp_path, compose_config(["trainer.max_steps=1"], tmp_path), tmp_path / "last.ckpt")
+    for broken in ("optimizer: {lr: [", "- a list"):  # once a YAML traceback (and the file then rewritten)
+        config.write_text(broken)
+        with pytest.raises(OutputDirectoryTaken, match="holds a config.yaml that cannot be read .*nothing was changed"):
+            claim(tmp_path, compose_config(["trainer.max_steps=1"], tmp_path), tmp_path / "last.ckpt")
+        assert config.read_text() == broken
 
 
 def test_a_rerun_in_the_same_directory_skips_a_completed_run_and_refuses_another_config(tmp_path):
@@ -199,6 +274,43 @@ def test_a_failing_reward_stops_the_run_in_one_line(algorithm, mode, message, tm
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert lines[0].startswith("error: reward Flaky ") and message in lines[0] and "completion '" in lines[0]
     assert summary["status"] == "failed" and "RewardError" in summary["error"]
+
+
+def test_a_sweep_with_a_failed_job_runs_the_others_and_ends_in_one_line_not_a_traceback(tmp_path):
+    """Once: the per-job error line, then a 60-line traceback from Hydra after the last job."""
+    env = dict(os.environ, PTLAB_CACHE_DIR=str(tmp_path / "cache"), WANDB_MODE="offline",
+               PYTHONPATH=str(ROOT / "tests" / "fixtures"))
+    tiny = [arg for arg in TINY if not arg.startswith("warmstart.")]
+    proc = subprocess.run([sys.executable, str(ROOT / "run.py"), "-m", "logger=none", *tiny, "trainer.max_steps=6",
+                           "warmstart=none", "task.reward._target_=flaky_reward.Flaky", "task.reward.dataset=raise,correct",
+                           f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert errors[0].startswith("error: reward Flaky raised ZeroDivisionError")  # when job 0 failed
+    assert errors[1].startswith("error: job 0 failed (reward Flaky raised ZeroDivisionError") and len(errors) == 2
+    assert errors[1].endswith(f"its summary.json is in {tmp_path / 'sweep' / '0'}; the sweep's other jobs ran")
+    statuses = [json.loads((tmp_path / "sweep" / job / "summary.json").read_text())["status"] for job in ("0", "1")]
+    assert statuses == ["failed", "completed"]
+
+
+def test_a_full_disk_ends_the_run_in_one_line_with_its_summary(tmp_path):
+    """A file-size limit (as `ulimit -f`) standing for a full disk: once a traceback."""
+    import resource
+
+    limit = lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (2_000_000, 2_000_000))  # the checkpoint is ~13 MB
+    env = dict(os.environ, PTLAB_CACHE_DIR=str(tmp_path / "cache"), WANDB_MODE="offline")
+    tiny = [arg for arg in TINY if not arg.startswith("warmstart.")]
+    proc = subprocess.run([sys.executable, str(ROOT / "run.py"), "logger=csv", *tiny, "trainer.max_steps=2", "warmstart=none",
+                           f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300, preexec_fn=limit)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: File too large writing the run's files: the disk is full or a file-size limit (ulimit -f) was reached; "
+        "files are written whole or not at all: free space and run the same command again")
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["error"] == "OSError: [Errno 27] File too large"
+    assert not list((tmp_path / "run" / "checkpoints").iterdir())  # no partial checkpoint kept
 
 
 def test_failed_rewards_can_be_scored_and_counted_instead(tmp_path):

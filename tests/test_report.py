@@ -124,3 +124,24 @@ def test_bars_of_a_categorical_key(tmp_path):
     assert "![val_accuracy_vs_final_by_regime](val_accuracy_vs_final_by_regime.png)" in text
     image = matplotlib.image.imread(tmp_path / "val_accuracy_vs_final_by_regime.png")
     assert image.ndim == 3 and image.shape[0] > 100
+
+
+def test_a_summary_that_is_not_a_summary_is_a_failed_job_and_a_broken_overrides_file_is_named(tmp_path):
+    """summary.json holding [] / null / a number (once an AttributeError), and .hydra/overrides.yaml
+    that is not YAML or not a list (once a YAML traceback): a failed job in the report, or one line."""
+    for name, text in (("a", "[]"), ("b", "null"), ("c", "3")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.json").write_text(text)
+    body = main([str(tmp_path), "--plot", ""])
+    assert "No job completed" in body and "| configuration |" not in body  # no table with no columns
+    assert [line for line in body.splitlines() if line.startswith("- ")] == [
+        "- `(default)` (a): summary.json holds list, not a summary",
+        "- `(default)` (b): summary.json holds NoneType, not a summary",
+        "- `(default)` (c): summary.json holds int, not a summary"]
+    (tmp_path / "d" / ".hydra").mkdir(parents=True)
+    (tmp_path / "d" / "summary.json").write_text(json.dumps({"seed": 0, "val/accuracy": 0.5}))
+    assert "| (default) | 1 | 0.500 |" in main([str(tmp_path), "--metrics", "val/accuracy", "--plot", ""])
+    for text, says in ((": [bad", "is not valid YAML"), ("a: 1", "is not a list of overrides")):
+        (tmp_path / "d" / ".hydra" / "overrides.yaml").write_text(text)
+        with pytest.raises(SystemExit, match=f"^error: {tmp_path / 'd' / '.hydra' / 'overrides.yaml'} {says}"):
+            main([str(tmp_path), "--plot", ""])

@@ -33,6 +33,7 @@ class StopOnSignal(L.Callback):
         self.checkpoint = Path(checkpoint_dir) / "last.ckpt" if checkpoint_dir else None
         self.received: int | None = None
         self.training = False
+        self.stopping = False
         self.previous = {}
 
     def __enter__(self):
@@ -54,13 +55,21 @@ class StopOnSignal(L.Callback):
         if trainer.world_size == 1:  # Lightning's handler, installed after __enter__, would race this one
             signal.signal(signal.SIGTERM, self.handle)
 
-    def on_train_end(self, trainer, pl_module) -> None:
-        self.training = False
-
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.received is None:
             return
         self.training = False
         if self.checkpoint is not None:
             trainer.save_checkpoint(self.checkpoint)
-        raise Interrupted(self.received)
+        self.stopping = True  # raised at the next hook: Lightning logs this step's metrics after this one
+
+    def stop_if_stopping(self, *args) -> None:
+        if self.stopping:
+            self.stopping = False
+            raise Interrupted(self.received)
+
+    on_train_batch_start = on_validation_start = on_train_epoch_end = stop_if_stopping
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.training = False
+        self.stop_if_stopping()

@@ -42,7 +42,15 @@ def claim(output_dir: Path, cfg, checkpoint: Path):
                                    "give each run its own directory") from None
     previous = output_dir / "config.yaml"
     if previous.exists():
-        old, new = OmegaConf.to_container(OmegaConf.load(previous)), resolved(cfg)
+        try:
+            old = OmegaConf.to_container(OmegaConf.load(previous))
+            assert isinstance(old, dict)
+        except Exception as error:  # noqa: BLE001 - YAML's and OmegaConf's errors: which run it was is unknown
+            handle.close()
+            reason = " ".join(str(error).split())[:160] or "not a mapping"
+            raise OutputDirectoryTaken(f"hydra.run.dir={output_dir} holds a config.yaml that cannot be read ({reason}); "
+                                       "nothing was changed: restore the file, or choose another directory") from None
+        new = resolved(cfg)
         changed = differences({k: v for k, v in old.items() if k not in NOT_COMPARED},
                               {k: v for k, v in new.items() if k not in NOT_COMPARED})
         if changed:
