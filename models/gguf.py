@@ -3,17 +3,19 @@
 transformers can read a GGUF file (with the `gguf` and `accelerate` packages), but the model it
 returns is flagged as quantised: it can be neither trained nor saved. So the file is read once,
 dequantised, rebuilt as a plain model from its config, and saved as a safetensors directory under
-<cache_dir>/models/<package>/<file stem> (storage.build_once: locked, sealed with its hashes);
+<cache_dir>/models/<package>/<file stem>-<key> (storage.build_once: locked, sealed with its hashes);
 later runs verify and load that directory in a few seconds.
 The package is only located, never imported (its own imports need packages ptlab does not).
 """
+import hashlib
 import importlib.util
+import json
 import time
 from functools import partial
 from pathlib import Path
 
 from schema import ConfigError
-from storage import build_once, is_sealed
+from storage import build_once, code_digest, is_sealed
 
 MANIFEST = "ptlab_converted.json"
 
@@ -27,8 +29,21 @@ def locate(package: str, file: str, install: str) -> Path:
     return path
 
 
-def converted_dir(package: str, file: str, cache_dir: str) -> Path:
-    return Path(cache_dir).expanduser() / "models" / package / Path(file).stem
+def converted_dir(package: str, file: str, cache_dir: str, source: Path | None = None) -> Path:
+    """<cache_dir>/models/<package>/<file stem>-<key>: the key holds what the converted weights depend
+    on, the package's version and the file's size (another release of the same file name), the
+    transformers version that reads it and this module's code."""
+    import importlib.metadata
+
+    import transformers
+
+    try:
+        version = importlib.metadata.version(package.replace("_", "-"))
+    except importlib.metadata.PackageNotFoundError:
+        version = None
+    size = source.stat().st_size if source is not None else None
+    key = hashlib.sha256(json.dumps([version, size, transformers.__version__, code_digest(Path(__file__))]).encode())
+    return Path(cache_dir).expanduser() / "models" / package / f"{Path(file).stem}-{key.hexdigest()[:12]}"
 
 
 def convert(source: Path, directory: Path) -> dict:
@@ -58,7 +73,7 @@ def from_package(package: str, file: str, install: str, cache_dir: str):
     from models.build import from_pretrained
 
     source = locate(package, file, install)
-    target = converted_dir(package, file, cache_dir)
+    target = converted_dir(package, file, cache_dir, source)
     if not is_sealed(target, MANIFEST):
         print(f"converting {source.name} into a trainable model under {target} (once)", flush=True)
         target.parent.mkdir(parents=True, exist_ok=True)

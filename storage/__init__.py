@@ -6,6 +6,8 @@ the import graph beside schema/: models/ and training/ both cache things.
   once: one builds, the other waits and reuses it), in a temporary directory renamed into place,
   sealed with a manifest of every file's size and SHA-256 and verified on every later use; an
   entry that fails verification (truncated, corrupted, half-copied) is rebuilt with a warning.
+- code_digest: a hash of ptlab's own source, part of every cache key (an entry made by other code
+  is not reused).
 """
 import fcntl
 import hashlib
@@ -32,6 +34,27 @@ def write_atomically(path: Path, text: str) -> None:
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+PACKAGES = ("algorithms", "models", "parallel", "rewards", "schema", "storage", "tasks", "training")
+_CODE: dict[tuple, str] = {}
+
+
+def code_digest(*files: Path) -> str:
+    """SHA-256 (16 hex digits) of the source that computes a cached entry: `files` if given, else
+    every .py file of ptlab's packages. Read once per process. A cache key holds it, so code that
+    would compute other numbers (an edit, another commit, a dirty checkout) makes its own entry."""
+    key = tuple(map(str, files))
+    if key not in _CODE:
+        root = Path(__file__).resolve().parent.parent
+        paths = sorted(files) if files else sorted(path for package in PACKAGES for path in (root / package).rglob("*.py"))
+        sha = hashlib.sha256()
+        for path in paths:
+            sha.update(str(Path(path).resolve().relative_to(root) if Path(path).resolve().is_relative_to(root)
+                           else Path(path).name).encode())
+            sha.update(Path(path).read_bytes())
+        _CODE[key] = sha.hexdigest()[:16]
+    return _CODE[key]
 
 
 @contextmanager

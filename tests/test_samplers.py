@@ -126,6 +126,30 @@ def test_offline_data_stored_for_one_reward_table_is_scored_with_another_runs_ow
     assert rollout.rewards.tolist() != pytest.approx(task.reward(rollout.completions, rows))
 
 
+def test_the_offline_cache_key_changes_with_each_input_that_determines_the_responses(tokenizer, exact, monkeypatch):
+    import storage
+
+    task, model = exact
+    prompts = [row["prompt"] for row in task.rows]
+    entry = lambda **options: make(Offline, tokenizer, task, **{"num_groups": 6, **options}).entry(model, prompts)
+    reference = entry()
+    for options in ({"num_groups": 7}, {"seed": 1}, {"policy": "uniform"}):
+        assert entry(**options) != reference, options
+    assert entry(draw_seed=5) == reference  # the order a run draws the stored groups in
+    assert make(Offline, tokenizer, task, num_groups=6).entry(model, prompts[:-1]) != reference
+    hotter = Offline(tokenizer, task.reward, HFGenerator(max_new_tokens=task.max_new_tokens, temperature=0.5), group_size=4,
+                     num_groups=6)
+    larger = Offline(tokenizer, task.reward, HFGenerator(max_new_tokens=task.max_new_tokens), group_size=5, num_groups=6)
+    assert hotter.entry(model, prompts) != reference and larger.entry(model, prompts) != reference
+    other = TabularLM(len(tokenizer))
+    other.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        other.table[0, 0] += 1e-3
+    assert make(Offline, tokenizer, task, num_groups=6).entry(other, prompts) != reference
+    monkeypatch.setattr(storage, "_CODE", {(): "other code"})
+    assert entry() != reference
+
+
 def test_uniform_sampler_is_uniform_over_all_responses(tokenizer, exact):
     task, _ = exact
     table = uniform_token_logprobs(task.responses, task.max_new_tokens)

@@ -4,7 +4,7 @@ evaluator. Called by run.py after the config has been checked."""
 from pathlib import Path
 
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from models.build import build_base, check_lora_targets, prepare_policy
 from models.lm import restrict_vocabulary
@@ -12,6 +12,7 @@ from models.options import POLICY_OPTIONS
 from models.reference import reference_for
 from models.value import critic_for
 from schema import ConfigError
+from storage import code_digest
 from training.checks import build
 from training.evaluation import CachedFirstEvaluation, HeldOutEvaluation
 from training.warmstart import warm_start
@@ -96,4 +97,21 @@ def evaluation_context(cfg) -> dict:
     node = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in ("task", "generation", "model")}
     node["model"].pop("cache_dir", None)
     return {**node, "precision": str(cfg.trainer.precision), "threads": torch.get_num_threads(),
+            "reward_on_failure": cfg.reward_on_failure, "code": code_digest(), "reward_code": reward_code(cfg.task),
             "torch": torch.__version__, "transformers": transformers.__version__}
+
+
+def reward_code(task_cfg) -> str | None:
+    """The digest of the file defining the task's reward when it lies outside ptlab (a user's own
+    reward: an edit to it must not read back the numbers of the old one); None otherwise."""
+    import importlib.util
+
+    target = str((task_cfg.get("reward") or {}).get("_target_", "")) if isinstance(task_cfg.get("reward"), DictConfig) else ""
+    module = target.rpartition(".")[0]
+    try:
+        spec = importlib.util.find_spec(module) if module else None
+    except (ImportError, ValueError):
+        return None
+    origin = Path(spec.origin) if spec and spec.origin and spec.origin.endswith(".py") else None
+    root = Path(__file__).resolve().parent.parent
+    return code_digest(origin) if origin and not origin.resolve().is_relative_to(root) else None

@@ -22,7 +22,7 @@ import torch
 from datasets import Dataset, load_from_disk
 
 from schema import ConfigError
-from storage import build_once
+from storage import build_once, code_digest
 from training.rollout import Rollout, encode_prompts
 from training.samplers import Reference, Sampler, Uniform
 
@@ -59,13 +59,19 @@ class Offline(Sampler):
 
     def setup(self, policy, reference, task) -> None:
         prompts = list(dict.fromkeys(task.train_dataset()["prompt"]))
-        key = json.dumps([weights_digest(policy), prompts, self.policy, self.group_size, self.num_groups, self.seed,
-                          vars(self.generator) if self.generator else None], default=str)
-        path = Path(self.cache_dir).expanduser() / "offline" / hashlib.sha256(key.encode()).hexdigest()[:16]
+        path = self.entry(policy, prompts)
         path.parent.mkdir(parents=True, exist_ok=True)
         build_once(path, partial(self._generate, task, reference, prompts), "ptlab_offline.json", "the offline data")
         self.data = load_from_disk(str(path))
         self.rewards = self._score_stored(task)
+
+    def entry(self, policy, prompts: list[str]) -> Path:
+        """The cache directory of the groups these settings generate: keyed by the generating policy's
+        weights, the prompts, the sampling settings, ptlab's code and torch's version (not the reward:
+        each run scores the stored responses with its own)."""
+        key = json.dumps([weights_digest(policy), prompts, self.policy, self.group_size, self.num_groups, self.seed,
+                          vars(self.generator) if self.generator else None, code_digest(), torch.__version__], default=str)
+        return Path(self.cache_dir).expanduser() / "offline" / hashlib.sha256(key.encode()).hexdigest()[:16]
 
     def _score_stored(self, task) -> list[list[float]]:
         """This run's rewards of every stored group, (G, k) as lists."""

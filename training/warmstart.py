@@ -29,7 +29,7 @@ from algorithms.sft import SFT
 from models.build import builder_config
 from models.lm import token_logprobs
 from schema import RunStopped
-from storage import build_once
+from storage import build_once, code_digest
 from tasks.base import fingerprint
 from training.data import prompt_loader
 from training.module import PostTrainingModule
@@ -42,8 +42,10 @@ MANIFEST = "ptlab_warmstart.json"
 def cache_key(cfg, task) -> str:
     """The warm start depends on the model's weights (its builder, not its policy options such as
     LoRA or dtype, which apply after it), the task (its config and the rows it drew: code that draws
-    other rows for the same config gets another warm start) and the warm-start settings."""
+    other rows for the same config gets another warm start), the warm-start settings, ptlab's code
+    and torch's version."""
     settings = {name: OmegaConf.to_container(cfg[name], resolve=True) for name in ("task", "warmstart")}
+    settings["code"], settings["torch"] = code_digest(), torch.__version__
     settings["task_data"] = fingerprint(task, ("train", "val"))
     settings["model"] = OmegaConf.to_container(builder_config(cfg.model), resolve=True)
     settings["warmstart"].pop("cache_dir", None)
