@@ -378,7 +378,10 @@ EXACT = ["task=exact", "trainer.max_steps=20", "trainer.enable_progress_bar=fals
                                       ("sft", "rs", "grpo", "dpo", "gvpo", "ppo", "rloo", "dr_grpo", "ipo")]
                          + [[*EXACT, "algorithm=gvpo"], [*EXACT, "algorithm=grpo"], [*EXACT, "algorithm=ppo"]]
                          + [[*EXACT, "algorithm=gvpo", f"sampler={name}"] for name in ("replay", "stale", "reference", "offline",
-                                                                                       "uniform")])
+                                                                                       "uniform")]
+                         + [[*TINY, "trainer.max_steps=3", "algorithm=gvpo", f"sampler={name}"]
+                            for name in ("replay", "stale", "reference", "offline")]
+                         + [[*TINY, "trainer.max_steps=3", "algorithm=dpo", "sampler=pairs"]])
 def test_the_same_command_twice_gives_the_same_summary(settings, tmp_path):
     overrides = ["logger=none", f"cache_dir={tmp_path / 'cache'}", *settings]
     first = run.train(compose_config(overrides, tmp_path / "a"))
