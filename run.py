@@ -21,9 +21,9 @@ from omegaconf import DictConfig
 import parallel
 from schema import ConfigError, RunStopped, one_line
 from tasks.base import fingerprint
-from training.checks import build, check_config
+from training.checks import build_task, check_config
 from training.outputs import claim, holds
-from training.prelaunch import check_command_line
+from training.prelaunch import check_command_line, import_user_folder
 from training.summary import code_version, environment, headline, logged_config, write_config, write_failure, write_summary
 
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -86,7 +86,7 @@ def fit_and_summarise(cfg, choices, algorithm, output_dir: Path, stop, start: fl
     hydra_cfg = HydraConfig.get()
     trainer = build_trainer(cfg, sweep_dir=hydra_cfg.sweep.dir if hydra_cfg.mode == RunMode.MULTIRUN else None,
                             extra_callbacks=[stop] if stop else [])
-    task = build(cfg.task)
+    task = build_task(cfg)
     module, warm = build_module(cfg, algorithm, task, model_name=f"model={choices.get('model')}")
     for logger in trainer.loggers:  # after the model is built: a bad value fails before W&B starts
         logger.log_hyperparams(logged_config(cfg, choices))
@@ -215,6 +215,7 @@ class JobFailed(CompactHydraException):
 
 
 if __name__ == "__main__":
+    import_user_folder(sys.argv[1:])  # a --config-dir folder's Python files are importable (a reward in it)
     try:
         check_command_line(sys.argv[1:])  # every job's config, before Hydra starts the first
     except ConfigError as error:

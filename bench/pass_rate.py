@@ -17,7 +17,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import open_dict
 
-from training.checks import CONF_DIR, build
+from training.checks import CONF_DIR, build_task
 
 
 def pass_rate(overrides: list[str], prompts: int = 64, seed: int = 0) -> dict[str, float]:
@@ -32,7 +32,7 @@ def pass_rate(overrides: list[str], prompts: int = 64, seed: int = 0) -> dict[st
         cfg.hydra.runtime.output_dir = str(Path.cwd())
         cfg.hydra.job.num = 0
     HydraConfig.instance().set_config(cfg)
-    task = build(cfg.task)
+    task = build_task(cfg)
     policy, tokenizer, _ = build_policy(cfg, task)
     sampler = OnPolicy(tokenizer, task.reward, instantiate(cfg.generation), group_size=cfg.group_size)
     rows = [task.train_dataset()[i] for i in range(prompts)]

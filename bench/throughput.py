@@ -150,7 +150,7 @@ def run_ptlab(algorithm: str, path: Path, prompt_count: int, group_size: int, ma
     from omegaconf import open_dict
 
     from training.assemble import build_module
-    from training.checks import CONF_DIR, build
+    from training.checks import CONF_DIR, build, build_task
     from training.data import prompt_loader
 
     overrides = [f"algorithm={algorithm}", "model=hf", f"model.path={path}", "warmstart=none", *TASK,
@@ -163,7 +163,7 @@ def run_ptlab(algorithm: str, path: Path, prompt_count: int, group_size: int, ma
         cfg.hydra.job.num = 0
     HydraConfig.instance().set_config(cfg)
     algo = build(cfg.algorithm)
-    task = build(cfg.task)
+    task = build_task(cfg)
     module, _ = build_module(cfg, algo, task)
     clock, records = Clock(), []
     module.sampler.generator = Timed(module.sampler.generator, clock.wrap("generation", module.sampler.generator))

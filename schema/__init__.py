@@ -110,6 +110,7 @@ RULES = {
     "prompts_per_step": COUNT,
     "sweep": Rule("string", nullable=True),
     "resume": Rule("string", nullable=True, meaning="a checkpoint file, e.g. <output_dir>/checkpoints/last.ckpt"),
+    "reward": Rule("string", nullable=True, meaning="a plain function: path/to/file.py:function or module.function"),
     "reward_on_failure": number(nullable=True, meaning="null: stop the run; a number: the score of a failed response"),
     "export": one_of("merged", "adapter", "none"),
     "trainer.precision": one_of("32-true", "32", 32, "bf16-mixed", "16-mixed", nullable=True,

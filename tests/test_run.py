@@ -390,3 +390,60 @@ def test_a_joblib_sweep_gives_each_job_its_share_of_the_cores(tmp_path, monkeypa
     assert proc.returncode == 0, proc.stderr[-2000:]
     threads = [json.loads(path.read_text())["environment"]["threads"] for path in sorted(tmp_path.glob("*/summary.json"))]
     assert threads == [max((os.cpu_count() or 1) // 2, 1)] * 2
+
+
+def readme_reward_example() -> tuple[str, str]:
+    """(the file, the command) of the README's "Your own reward" section, as written there."""
+    section = (ROOT / "README.md").read_text().split("## Your own reward", 1)[1].split("\n## ", 1)[0]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    command = next(line.strip() for line in section.splitlines() if line.strip().startswith("python run.py reward="))
+    return code, command
+
+
+def test_the_readme_s_own_reward_example_runs_as_written_from_a_folder_outside_the_package(tmp_path):
+    code, command = readme_reward_example()
+    file = command.split("reward=", 1)[1].split(":")[0]
+    (tmp_path / file).write_text(code)
+    tiny = [arg for arg in TINY if not arg.startswith("warmstart.target")]
+    env = dict(os.environ, PTLAB_CACHE_DIR=str(tmp_path / "cache"), WANDB_MODE="offline")
+    proc = subprocess.run([sys.executable, str(ROOT / "run.py"), *command.split()[2:], "trainer.max_steps=2", "logger=csv",
+                           *tiny, "warmstart.target_accuracy=null", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "completed" and "my_reward.py:correct" in (tmp_path / "run" / "config.yaml").read_text()
+    # the function the run loaded scores as written: 1 for the answer, 0 otherwise, from keyword fields
+    from rewards.plain import Plain
+
+    reward = Plain(str(tmp_path / command.split("reward=", 1)[1]))
+    rows = [{"prompt": "1 + 2=", "answer": "3", "entry": {}}, {"prompt": "2 + 2=", "answer": "4", "entry": {}}]
+    assert reward([" 3", "5"], rows) == [1.0, 0.0] and reward.__qualname__ == "correct"
+
+
+def test_a_plain_reward_gets_the_fields_it_names_and_bad_references_are_one_line(tmp_path, monkeypatch):
+    from rewards.plain import Plain, adapt, load_function
+    from schema import ConfigError
+
+    (tmp_path / "user_rewards.py").write_text(
+        "def named(completions, answer, scale=1.0):\n    return [scale * (c == a) for c, a in zip(completions, answer)]\n"
+        "def everything(completions, **kwargs):\n    return [float(len(kwargs)) for _ in completions]\n"
+        "def ptlab_style(completions, rows):\n    return [float(r['answer'] == c) for c, r in zip(completions, rows)]\n"
+        "NOT_A_FUNCTION = 3\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    rows = [{"prompt": "p", "answer": "a", "extra": 1}, {"prompt": "q", "answer": "b", "extra": 2}]
+    assert Plain("user_rewards:named")(["a", "x"], rows) == [1.0, 0.0]
+    assert Plain("user_rewards.named", scale=2.0)(["a", "b"], rows) == [2.0, 2.0]  # extra config keys are keyword arguments
+    assert Plain("user_rewards:everything")(["a", "b"], rows) == [3.0, 3.0]  # prompts, answer, extra
+    assert Plain(f"{tmp_path / 'user_rewards.py'}:ptlab_style")(["a", "a"], rows) == [1.0, 0.0]
+    with pytest.raises(ConfigError, match=r"^reward user_rewards:named needs 'answer', which the task's rows do not have"):
+        Plain("user_rewards:named").check({"prompt": "p", "solution": "s"})
+    for reference, message in (("user_rewards:nope", "user_rewards has no 'nope' \\(its functions: everything, named, ptlab_style\\)"),
+                               ("user_rewards:NOT_A_FUNCTION", "NOT_A_FUNCTION is a int, not a function"),
+                               ("no_such_module:f", "cannot be imported: ModuleNotFoundError"),
+                               ("nofile.py:f", "is not a file"), ("justaname", "name a function as")):
+        with pytest.raises(ConfigError, match=message):
+            load_function(reference)
+    # a _target_ naming a plain function, at any depth, becomes a Plain reward (Hydra would call it with no arguments)
+    spec = {"_target_": "rewards.weighted.WeightedSum", "terms": {"c": {"weight": 1.0, "fn": {"_target_": "user_rewards.named"}}}}
+    assert adapt(spec)["terms"]["c"]["fn"] == {"_target_": "rewards.plain.Plain", "fn": "user_rewards.named"}
+    assert adapt({"_target_": "rewards.match.AnswerMatch"}) == {"_target_": "rewards.match.AnswerMatch"}  # a class stays

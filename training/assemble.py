@@ -97,21 +97,42 @@ def evaluation_context(cfg) -> dict:
     node = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in ("task", "generation", "model")}
     node["model"].pop("cache_dir", None)
     return {**node, "precision": str(cfg.trainer.precision), "threads": torch.get_num_threads(),
-            "reward_on_failure": cfg.reward_on_failure, "code": code_digest(), "reward_code": reward_code(cfg.task),
+            "reward_on_failure": cfg.reward_on_failure, "code": code_digest(), "reward_code": reward_code(cfg),
             "torch": torch.__version__, "transformers": transformers.__version__}
 
 
-def reward_code(task_cfg) -> str | None:
-    """The digest of the file defining the task's reward when it lies outside ptlab (a user's own
-    reward: an edit to it must not read back the numbers of the old one); None otherwise."""
-    import importlib.util
+def reward_code(cfg) -> str | None:
+    """The digest of the files defining the reward outside ptlab (a user's own reward function, at any
+    depth of the reward's config: an edit to it must not read back the numbers of the old one); None
+    when every part of the reward is ptlab's."""
+    import inspect
 
-    target = str((task_cfg.get("reward") or {}).get("_target_", "")) if isinstance(task_cfg.get("reward"), DictConfig) else ""
-    module = target.rpartition(".")[0]
-    try:
-        spec = importlib.util.find_spec(module) if module else None
-    except (ImportError, ValueError):
-        return None
-    origin = Path(spec.origin) if spec and spec.origin and spec.origin.endswith(".py") else None
-    root = Path(__file__).resolve().parent.parent
-    return code_digest(origin) if origin and not origin.resolve().is_relative_to(root) else None
+    from hydra._internal.utils import _locate
+
+    from rewards.plain import load_function
+
+    def targets(node):
+        if isinstance(node, dict):
+            yield from [node["_target_"]] if isinstance(node.get("_target_"), str) else []
+            for value in node.values():
+                yield from targets(value)
+        elif isinstance(node, list):
+            for value in node:
+                yield from targets(value)
+
+    reward = cfg.task.get("reward")
+    spec = OmegaConf.to_container(reward, resolve=True) if isinstance(reward, DictConfig) else None
+    functions = [load_function(cfg.reward)] if cfg.get("reward") else []
+    for target in targets(spec):
+        try:
+            functions.append(_locate(target))
+        except Exception:  # noqa: BLE001 - not importable here: nothing to digest
+            pass
+    root, files = Path(__file__).resolve().parent.parent, set()
+    for function in functions:
+        try:
+            files.add(Path(inspect.getsourcefile(function)).resolve())
+        except TypeError:
+            continue
+    outside = sorted(path for path in files if not path.is_relative_to(root))
+    return code_digest(*outside) if outside else None

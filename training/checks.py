@@ -4,7 +4,7 @@ from pathlib import Path
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 import schema
 from models.options import check_export, check_model_config
@@ -126,6 +126,37 @@ def build(spec, **kwargs):
         raise
 
 
+def task_spec(cfg) -> dict:
+    """The task's config, resolved, as it is instantiated: a top-level `reward=file.py:fn` replaces the
+    task's reward, and a `_target_` naming a plain function becomes a reward of it (rewards/plain.py)."""
+    from rewards.plain import adapt
+
+    spec = OmegaConf.to_container(cfg.task, resolve=True)
+    if cfg.get("reward"):
+        if not isinstance(spec.get("reward"), dict):
+            raise ConfigError(f"reward={cfg.reward!r} is not allowed with this task: it replaces a text task's reward "
+                              f"function, and this task's reward is {spec.get('reward')!r}")
+        spec["reward"] = {"_target_": "rewards.plain.Plain", "fn": cfg.reward}
+    if isinstance(spec.get("reward"), dict):
+        spec["reward"] = adapt(spec["reward"])
+    return spec
+
+
+def build_task(cfg):
+    """The task (its rows drawn) with its reward; a plain-function reward is checked against the rows'
+    fields here, before any model is built."""
+    from rewards.plain import Plain
+
+    task = build(task_spec(cfg))
+    reward = getattr(task, "reward", None)
+    terms = [term for _, term in getattr(reward, "terms", {}).values()] if hasattr(reward, "terms") else [reward]
+    rows = task.train_dataset() if hasattr(task, "train_dataset") else None
+    for term in terms:
+        if isinstance(term, Plain) and rows is not None and len(rows):
+            term.check(rows[0])
+    return task
+
+
 def check_config(cfg, choices: dict, defaults=None) -> object:
     """Validate a composed config; return the instantiated algorithm (its constructor checks beta and
     group_size). `choices` maps each config group to the option chosen; `defaults`, the config of
@@ -137,6 +168,12 @@ def check_config(cfg, choices: dict, defaults=None) -> object:
     if cfg.warmstart.steps > 0 and not {"batch_size", "lr", "seed", "cache_dir"} <= set(cfg.warmstart):
         raise ConfigError(f"warmstart.steps={cfg.warmstart.steps} needs warmstart=sft (this warm start has no "
                           "settings to train with); warmstart=none starts from the model as built")
+    if cfg.get("reward"):
+        from rewards.plain import load_function
+
+        load_function(cfg.reward)  # a missing file or function, or one that fails to import: one line
+        if not isinstance(cfg.task.get("reward"), DictConfig):
+            task_spec(cfg)  # refuses a task whose reward is not a function (the exact task's table)
     if "reward" in cfg.task and cfg.task.reward is None:
         raise ConfigError("task.reward=null is not allowed: a task needs its reward function (a _target_ and its arguments)")
     settings, size = cfg.warmstart, cfg.task.get("train_size")

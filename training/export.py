@@ -18,7 +18,7 @@ from models.export import export_policy
 from models.options import EXPORTS, check_export
 from schema import ConfigError
 from training.assemble import build_policy
-from training.checks import build
+from training.checks import build_task
 
 
 def load_trainable_weights(policy, checkpoint: Path) -> int:
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> Path:
             raise ConfigError(f"{path} does not exist")
     cfg = OmegaConf.load(args.run_dir / "config.yaml")
     check_export(args.mode, (cfg.model.get("lora") or {}).get("r", 0))
-    policy, tokenizer, _ = build_policy(cfg, build(cfg.task))
+    policy, tokenizer, _ = build_policy(cfg, build_task(cfg))
     count = load_trainable_weights(policy, checkpoint)
     out = export_policy(policy, tokenizer, args.out or args.run_dir / f"policy-{checkpoint.stem}", args.mode)
     print(f"exported {count} trained tensors from {checkpoint} to {out} ({args.mode})")

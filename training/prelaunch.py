@@ -33,6 +33,20 @@ def check_command_line(args: list[str]) -> None:
             check_job(job, multirun, defaults)
 
 
+def import_user_folder(args: list[str]) -> None:
+    """A --config-dir folder is importable: a `_target_: my_reward.correct` beside the user's YAML files
+    resolves, in this process and in the jobs a launcher starts (through PYTHONPATH)."""
+    import sys
+
+    folder = user_config_dir(args)
+    if folder is None:
+        return
+    path = str(Path(folder).expanduser().resolve())
+    if path not in sys.path:
+        sys.path.insert(0, path)
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [path, os.environ.get("PYTHONPATH")]))
+
+
 def user_config_dir(args: list[str]) -> str | None:
     """The folder of `--config-dir DIR` (or -cd DIR, --config-dir=DIR), if given."""
     for i, arg in enumerate(args):
