@@ -97,6 +97,7 @@ def fit_and_summarise(cfg, choices, algorithm, output_dir: Path, stop, start: fl
     try:
         clock = time.perf_counter()
         before = trainer.validate(module, val_loader, verbose=False)[0]
+        before.pop("step", None)  # the metrics rows' step index (module.validation_step), not a metric
         seconds = {"ref_eval_seconds": time.perf_counter() - clock}
         try:
             trainer.fit(module, train_loader, val_loader, ckpt_path=resume, weights_only=True)
@@ -105,6 +106,7 @@ def fit_and_summarise(cfg, choices, algorithm, output_dir: Path, stop, start: fl
         step, after = module.last_validation
         if step != trainer.global_step:  # unless fit has just validated the final policy
             after = trainer.validate(module, val_loader, verbose=False)[0]
+            after.pop("step", None)
         seconds["final_eval_seconds"] = module.validation_seconds
     finally:
         finish_wandb()

@@ -110,18 +110,30 @@ def wandb_records(path: Path):
 
 
 def test_wandb_offline_run_and_sample_table(tmp_path, cache_dir):
+    """A 2-step run (once: no train/* row at all, Lightning logging every 10 steps) has a training row
+    per step in W&B and in the CSV, each at the same step index: optimiser steps done (the reference's
+    validation at 0, the final one at the last step)."""
     cfg = compose_config(["trainer.max_steps=2", "logger=wandb", "callbacks.samples.every_n_steps=1",
-                          f"cache_dir={cache_dir}", *TINY], tmp_path)
+                          f"cache_dir={cache_dir}", *[arg for arg in TINY if "val_check" not in arg]], tmp_path)
     run.train(cfg)
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
     # the run's W&B config is the resolved config, each group's node naming the option chosen
-    config = {}
+    config, history = {}, []
     for record in wandb_records(next(runs[0].glob("*.wandb"))):
         kind = record.WhichOneof("record_type")
         if kind in ("run", "config"):
             items = record.run.config.update if kind == "run" else record.config.update
             config.update({item.key: json.loads(item.value_json) for item in items})
+        if kind == "history":
+            history.append({item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item})
+    trained = [row for row in history if "train/reward" in row and "train/loss" in row]
+    assert [row["trainer/global_step"] for row in trained] == [1, 2]
+    assert [row["trainer/global_step"] for row in history if "val/accuracy" in row] == [0, 2]
+    import csv
+    rows = list(csv.DictReader(next((tmp_path / "csv").rglob("metrics.csv")).open()))
+    assert [row["step"] for row in rows if row.get("train/loss")] == ["1", "2"]
+    assert [row["step"] for row in rows if row.get("val/accuracy")] == ["0", "2"]
     assert config["lr"] == 3e-4 and config["beta"] == 0.1 and config["seed"] == 0
     assert config["algorithm"]["name"] == "gvpo" and config["algorithm"]["beta"] == 0.1
     assert config["model"]["name"] == "tiny" and config["task"]["name"] == "chain_sum"
@@ -306,7 +318,7 @@ def test_lora_bf16_autocast_and_accumulation_train_and_export(tmp_path, cache_di
 
 
 def test_without_a_terminal_a_plain_progress_line_and_a_headline(tmp_path, cache_dir):
-    proc, _ = cli("trainer.max_steps=4", "trainer.log_every_n_steps=2", "logger=none", f"hydra.run.dir={tmp_path}",
+    proc, _ = cli("trainer.max_steps=4", "callbacks.progress.every_n_steps=2", "logger=none", f"hydra.run.dir={tmp_path}",
                   *TINY, env_extra=cache_dir)  # stdout is a pipe here, as under nohup or a batch job
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stdout.splitlines()

@@ -162,6 +162,7 @@ class PostTrainingModule(L.LightningModule):
         self.budget.update_seconds += time.perf_counter() - clock
         self.budget.wall_seconds = time.perf_counter() - self._start
         metrics = parallel.average_metrics(summarise(history) | self._rollout_metrics(rollout))  # over ranks
+        self.log("step", float(self.global_step), batch_size=rollout.num_groups)  # the row's step: steps done (1, 2, ...)
         self.log("train/reward", metrics.pop("train/reward"), prog_bar=True, batch_size=rollout.num_groups)
         self.log_dict(metrics | self.budget.metrics(), on_step=True, batch_size=rollout.num_groups)
 
@@ -327,4 +328,5 @@ class PostTrainingModule(L.LightningModule):
         for key, value in metrics.items():
             self.log(key, value, batch_size=len(rows), prog_bar=key in ("val/accuracy", "exact/kl_to_optimum"),
                      sync_dist=True)  # the same on every rank (the evaluator gathers): no warning, no change
+        self.log("step", float(self.global_step), batch_size=len(rows))  # the steps done before it: 0 for the reference
         self.last_validation = (self.global_step, {key: float(value) for key, value in metrics.items()})
