@@ -33,7 +33,11 @@ LOCAL_KEYS = ("cache_dir", "warmstart.cache_dir", "sampler.cache_dir", "model.mo
 # computed (an evaluation read back from the cache is the one computed; decoding outside autocast
 # changes nothing without mixed precision): left out of the hash, and of the comparison with a run
 # that predates them, while they hold that value.
-NEUTRAL = {"cache_evaluation": True, "generation.autocast": None}
+NEUTRAL = {"cache_evaluation": True, "generation.autocast": None, "reward": None}
+# Keys that only say how often a run reports (rows, progress lines), never what it computes, and whose
+# shipped defaults changed after pages were generated: hashed at the default they had then unless the
+# experiment sets them itself, and not compared with a job's config.yaml.
+REPORTING = {"trainer.log_every_n_steps": 10, "callbacks.progress.every_n_steps": "${trainer.log_every_n_steps}"}
 
 
 def compose(overrides: list[str], hydra: bool = False):
@@ -55,6 +59,12 @@ def config_hash(experiment: str | None) -> str:
         if node is not None and name in node and node[name] == value:
             with open_dict(node):
                 del node[name]
+    own = OmegaConf.load(ROOT / "sweeps" / "experiment" / f"{experiment}.yaml") if experiment else OmegaConf.create()
+    for key, value in REPORTING.items():
+        parent, _, name = key.rpartition(".")
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        if node is not None and name in node and OmegaConf.select(own, key) is None:
+            node[name] = value
     return hashlib.sha256(OmegaConf.to_yaml(cfg).encode()).hexdigest()[:12]
 
 
@@ -83,6 +93,8 @@ def config_mismatch(runs: list[Run]) -> str | None:
             if key.startswith(LOCAL_KEYS) or key.rsplit(".", 1)[-1] == "cache_dir" or key == "hydra":  # where, not what
                 continue
             if key not in then and key in NEUTRAL and now.get(key) == NEUTRAL[key]:  # a run from before the key
+                continue
+            if key in REPORTING:  # how often it logged, not what it computed
                 continue
             if now.get(key) != then.get(key):
                 return f"{run.label}: {key} is {then.get(key)!r} in {run.directory / 'config.yaml'}, {now.get(key)!r} now"
