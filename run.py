@@ -69,11 +69,14 @@ def fit_and_summarise(cfg, choices, algorithm, output_dir: Path, stop, start: fl
 
     from training.allocator import reuse_freed_memory
     from training.cores import warn_if_oversubscribed
+    from training.heartbeat import HEARTBEAT, phase
 
     if cfg.reuse_memory:  # before the model and its tensors
         reuse_freed_memory()
     if parallel.rank() == 0:
         warn_if_oversubscribed()
+        HEARTBEAT.start(float(os.environ.get("PTLAB_HEARTBEAT_SECONDS", 30)))  # without a terminal: a line at least
+        #                                                                     every 30 s, whatever the phase
 
     logging.getLogger("lightning").handlers.clear()  # Lightning's info goes to run.log, not the console
     quiet_libraries()
@@ -86,8 +89,10 @@ def fit_and_summarise(cfg, choices, algorithm, output_dir: Path, stop, start: fl
     hydra_cfg = HydraConfig.get()
     trainer = build_trainer(cfg, sweep_dir=hydra_cfg.sweep.dir if hydra_cfg.mode == RunMode.MULTIRUN else None,
                             extra_callbacks=[stop] if stop else [])
-    task = build_task(cfg)
-    module, warm = build_module(cfg, algorithm, task, model_name=f"model={choices.get('model')}")
+    with phase("building the task and the model"):
+        task = build_task(cfg)
+        module, warm = build_module(cfg, algorithm, task, model_name=f"model={choices.get('model')}")
+    evaluating = lambda: getattr(getattr(module.evaluator, "evaluator", module.evaluator), "progress", None)
     for logger in trainer.loggers:  # after the model is built: a bad value fails before W&B starts
         logger.log_hyperparams(logged_config(cfg, choices))
     L.seed_everything(cfg.seed, workers=True)
@@ -96,16 +101,19 @@ def fit_and_summarise(cfg, choices, algorithm, output_dir: Path, stop, start: fl
     module.prompt_order = train_loader.batch_sampler  # a resumed run goes on from the prompts it had reached
     try:
         clock = time.perf_counter()
-        before = trainer.validate(module, val_loader, verbose=False)[0]
+        with phase("reference evaluation", progress=evaluating):
+            before = trainer.validate(module, val_loader, verbose=False)[0]
         before.pop("step", None)  # the metrics rows' step index (module.validation_step), not a metric
         seconds = {"ref_eval_seconds": time.perf_counter() - clock}
         try:
-            trainer.fit(module, train_loader, val_loader, ckpt_path=resume, weights_only=True)
+            with phase("training", progress=lambda: f"step {trainer.global_step}/{trainer.max_steps}"):
+                trainer.fit(module, train_loader, val_loader, ckpt_path=resume, weights_only=True)
         except SIGTERMException as lightning_stop:  # Lightning's own SIGTERM stop (DDP): exit code 0 otherwise
             raise Interrupted(signal.SIGTERM) from lightning_stop
         step, after = module.last_validation
         if step != trainer.global_step:  # unless fit has just validated the final policy
-            after = trainer.validate(module, val_loader, verbose=False)[0]
+            with phase("final evaluation", progress=evaluating):
+                after = trainer.validate(module, val_loader, verbose=False)[0]
             after.pop("step", None)
         seconds["final_eval_seconds"] = module.validation_seconds
     finally:
@@ -115,7 +123,8 @@ def fit_and_summarise(cfg, choices, algorithm, output_dir: Path, stop, start: fl
     if len(set(module.rank_weights)) > 1:
         raise RunStopped(f"the {len(module.rank_weights)} processes ended with different weights (SHA-256 "
                          f"{', '.join(digest[:12] for digest in module.rank_weights)}): the run is not one run")
-    exported = export_policy(module.policy, module.tokenizer, output_dir / "policy", cfg.export)
+    with phase("export"):
+        exported = export_policy(module.policy, module.tokenizer, output_dir / "policy", cfg.export)
     values = {
         "status": "completed",
         "steps": trainer.global_step,

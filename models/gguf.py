@@ -77,5 +77,8 @@ def from_package(package: str, file: str, install: str, cache_dir: str):
     if not is_sealed(target, MANIFEST):
         print(f"converting {source.name} into a trainable model under {target} (once)", flush=True)
         target.parent.mkdir(parents=True, exist_ok=True)
-    build_once(target, partial(convert, source), MANIFEST, "the converted model")
+    from training.heartbeat import phase
+
+    with phase(f"converting {source.name}"):
+        build_once(target, partial(convert, source), MANIFEST, "the converted model")
     return from_pretrained(str(target))

@@ -459,3 +459,24 @@ def test_a_plain_reward_gets_the_fields_it_names_and_bad_references_are_one_line
     spec = {"_target_": "rewards.weighted.WeightedSum", "terms": {"c": {"weight": 1.0, "fn": {"_target_": "user_rewards.named"}}}}
     assert adapt(spec)["terms"]["c"]["fn"] == {"_target_": "rewards.plain.Plain", "fn": "user_rewards.named"}
     assert adapt({"_target_": "rewards.match.AnswerMatch"}) == {"_target_": "rewards.match.AnswerMatch"}  # a class stays
+
+
+def test_without_a_terminal_no_phase_is_silent_for_longer_than_the_heartbeat(tmp_path):
+    """stdout to a pipe (as `python run.py > log`): a line at least every PTLAB_HEARTBEAT_SECONDS (30 by
+    default; 1 here) through the warm start, the evaluations and training; once the warm start printed
+    nothing for minutes."""
+    env = dict(os.environ, PTLAB_CACHE_DIR=str(tmp_path / "cache"), WANDB_MODE="offline", PTLAB_HEARTBEAT_SECONDS="1")
+    shrunk = [arg for arg in TINY if not arg.startswith("warmstart.steps")]
+    proc = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *shrunk, "warmstart.steps=150", "trainer.max_steps=4",
+                             "logger=none", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    start, times, lines = time.monotonic(), [], []
+    for line in proc.stdout:
+        times.append(time.monotonic())
+        lines.append(line.rstrip())
+    assert proc.wait() == 0
+    gaps = [later - earlier for earlier, later in zip([start, *times], times)]
+    beats = [line for line in lines if " s so far" in line]
+    assert any(line.startswith("warm start: ") and "(step " in line for line in beats), lines
+    assert gaps[0] < 15 and max(gaps[1:]) < 3, (gaps, lines)  # the first: Python's imports; then beats 1 s apart
+    assert not any("━" in line for line in lines)  # no progress bar's last frame in a file

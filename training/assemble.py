@@ -1,6 +1,7 @@
 """Instantiate the parts of a run from its composed config and hand them to each other:
 the Trainer (loggers, callbacks), and the module with its policy, reference, critic, sampler and
 evaluator. Called by run.py after the config has been checked."""
+import sys
 from pathlib import Path
 
 from hydra.utils import instantiate
@@ -32,8 +33,10 @@ def build_trainer(cfg, sweep_dir: str | None = None, extra_callbacks: list | Non
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     trainer = instantiate(cfg.trainer, _partial_=True)
+    bar = {} if sys.stdout.isatty() else {"enable_progress_bar": False}  # it draws nothing but a last frame in a
+    #                                                                   file: the plain progress lines stand in
     try:
-        return trainer(logger=loggers or False, callbacks=callbacks, accumulate_grad_batches=1)
+        return trainer(logger=loggers or False, callbacks=callbacks, accumulate_grad_batches=1, **bar)
     except (MisconfigurationException, ValueError, TypeError) as error:
         raise ConfigError(f"trainer: {(str(error).strip().splitlines() or [''])[0]}") from None
 

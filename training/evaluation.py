@@ -34,12 +34,14 @@ class HeldOutEvaluation:
         self.tokenizer, self.generator, self.reward_fn = tokenizer, generator, reward_fn
         self.samples, self.seed, self.batch_size = samples, seed, batch_size
         self.on_reward_failure = None  # as training's: run.py sets it from `reward_on_failure`
+        self.progress = None  # what it is generating now (training/heartbeat.py prints it)
 
     def _answers(self, policy, rows: list[dict], greedy: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
         """Rewards (N,), reward terms and correctness (N,) of one answer per row."""
         device = next(policy.parameters()).device
-        completions = []
+        completions, kind = [], "greedy" if greedy else "sampled"
         for start in range(0, len(rows), self.batch_size):
+            self.progress = f"{kind} answers {start}-{min(start + self.batch_size, len(rows))} of {len(rows)}"  # heartbeat
             prompt_ids, prompt_mask = encode_prompts(self.tokenizer, [row["prompt"] for row in rows[start : start + self.batch_size]])
             response_ids, response_mask = self.generator(policy, self.tokenizer, prompt_ids.to(device),
                                                          prompt_mask.to(device), greedy=greedy)

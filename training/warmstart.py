@@ -16,6 +16,7 @@ trains on them later: it never sees their solutions); the held-out validation se
 """
 import hashlib
 import json
+import sys
 import time
 import zlib
 from functools import partial
@@ -32,6 +33,7 @@ from schema import RunStopped
 from storage import build_once, code_digest
 from tasks.base import fingerprint
 from training.data import prompt_loader
+from training.heartbeat import phase
 from training.module import PostTrainingModule
 from training.rollout import encode_prompts, encode_responses
 from training.samplers import Demonstrations
@@ -150,8 +152,9 @@ def train_warm_start(cfg, task, model, tokenizer, directory: Path) -> dict:
     )
     trainer = L.Trainer(max_steps=settings.steps, max_epochs=-1, logger=False, enable_checkpointing=False,
                         enable_model_summary=False, accelerator=cfg.trainer.accelerator, devices=1,
-                        limit_val_batches=0, callbacks=[stop] if stop else None)
-    with torch.random.fork_rng():
+                        limit_val_batches=0, callbacks=[stop] if stop else None,
+                        enable_progress_bar=sys.stdout.isatty())  # without a terminal: the heartbeat's lines
+    with torch.random.fork_rng(), phase("warm start", progress=lambda: f"step {trainer.global_step}/{settings.steps}"):
         torch.manual_seed(settings.seed)
         trainer.fit(module, prompt_loader(data, settings.batch_size, shuffle=True, seed=settings.seed))
     record = {"config": OmegaConf.to_container(settings, resolve=True), "seconds": time.perf_counter() - start,
