@@ -480,3 +480,23 @@ def test_without_a_terminal_no_phase_is_silent_for_longer_than_the_heartbeat(tmp
     assert any(line.startswith("warm start: ") and "(step " in line for line in beats), lines
     assert gaps[0] < 15 and max(gaps[1:]) < 3, (gaps, lines)  # the first: Python's imports; then beats 1 s apart
     assert not any("━" in line for line in lines)  # no progress bar's last frame in a file
+
+
+def test_ptlab_train_from_a_python_script_outside_the_repository(tmp_path):
+    """`import ptlab; ptlab.train([...])` from any folder: the CLI's checks (a bad value raises
+    ConfigError naming the key, before any work) and the CLI's run, its summary returned."""
+    script = tmp_path / "my_script.py"
+    shrunk = [*TINY, "trainer.max_steps=2", "logger=none", f"hydra.run.dir={tmp_path / 'run'}"]
+    script.write_text(
+        "import json, sys\nimport ptlab\nfrom schema import ConfigError\n"
+        f"overrides = {shrunk!r}\n"
+        "try:\n    ptlab.train(overrides + ['lr=abc'])\nexcept ConfigError as error:\n    print('refused:', error)\n"
+        "summary = ptlab.train(overrides)\n"
+        "print(json.dumps({'status': summary['status'], 'steps': summary['steps'], 'dir': summary['output_dir']}))\n")
+    env = dict(os.environ, PTLAB_CACHE_DIR=str(tmp_path / "cache"), WANDB_MODE="offline")
+    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    assert "refused: lr='abc' is not allowed: a number > 0" in lines
+    assert json.loads(lines[-1]) == {"status": "completed", "steps": 2, "dir": str(tmp_path / "run")}
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "completed"
