@@ -209,3 +209,22 @@ def test_every_algorithm_runs_with_every_sampler_or_refuses_naming_both(algorith
         else:
             with pytest.raises(ConfigError, match=f"algorithm={algorithm} cannot train on sampler={sampler}"):
                 run.train(cfg)
+
+
+def test_trl_s_per_step_diagnostics_by_hand(tokenizer):
+    """Response lengths (mean, min, max), the fraction cut by the budget without eos, and the groups
+    whose rewards are all equal, on a rollout built by hand."""
+    from types import SimpleNamespace
+
+    from training.module import PostTrainingModule
+
+    rollout = rollout_from_lists([1.0, 1.0, 0.0, 1.0], group_size=2, lengths=[2, 4, 3, 4], max_len=4)
+    eos = tokenizer.eos_token_id
+    rollout.response_ids[0, 1] = eos  # ends with eos: not truncated
+    rollout.response_ids[2, 2] = eos
+    rollout.response_ids[1, 3] = eos  # at the budget, but with eos
+    rollout.response_ids[3, 3] = 7    # at the budget, no eos: truncated
+    stub = SimpleNamespace(tokenizer=tokenizer, sampler=SimpleNamespace(generator=None, on_reward_failure=None))
+    metrics = PostTrainingModule._rollout_metrics(stub, rollout)
+    assert (metrics["train/response_length"], metrics["train/response_length_min"], metrics["train/response_length_max"]) == (3.25, 2, 4)
+    assert metrics["train/truncated_fraction"] == 0.25 and metrics["train/zero_spread_groups"] == 0.5

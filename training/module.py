@@ -271,12 +271,22 @@ class PostTrainingModule(L.LightningModule):
     def _rollout_metrics(self, rollout: Rollout) -> dict[str, float]:
         rewards, mask = rollout.rewards, rollout.response_mask
         grouped = rewards.view(-1, rollout.group_size)
+        lengths = mask.sum(-1)
+        last = rollout.response_ids.gather(1, (lengths - 1).clamp(min=0).unsqueeze(1)).squeeze(1)
+        eos = getattr(self.tokenizer, "eos_token_id", None)
+        truncated = (last != eos) & (lengths > 0) if eos is not None else torch.zeros_like(lengths, dtype=torch.bool)
         metrics = {
             "train/reward": rewards.mean().item(),
             "train/accuracy": rollout.correct.float().mean().item(),
             **{f"train/reward/{name}": values.mean().item() for name, values in rollout.reward_terms.items()},
-            "train/response_length": mask.sum(-1).float().mean().item(),
-            "train/zero_spread_groups": (grouped.max(1).values == grouped.min(1).values).float().mean().item(),
+            "train/response_length": lengths.float().mean().item(),  # TRL: completions/mean_length
+            "train/response_length_min": lengths.min().item(),  # TRL: completions/min_length
+            "train/response_length_max": lengths.max().item(),  # TRL: completions/max_length
+            # responses cut by the generation budget, no eos (TRL: completions/clipped_ratio)
+            "train/truncated_fraction": truncated.float().mean().item(),
+            # groups whose responses all scored the same: no learning signal for group baselines
+            "train/zero_spread_groups": (grouped.max(1).values == grouped.min(1).values).float().mean().item(),  # TRL:
+            #                                                                          frac_reward_zero_std
         }
         if self.sampler.generator is not None and self.sampler.generator.reports_staleness:
             metrics["train/sampler_staleness"] = float(self.sampler.generator.staleness)
