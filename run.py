@@ -104,6 +104,8 @@ def fit_and_summarise(cfg, choices, algorithm, output_dir: Path, stop, start: fl
         with phase("reference evaluation", progress=evaluating):
             before = trainer.validate(module, val_loader, verbose=False)[0]
         before.pop("step", None)  # the metrics rows' step index (module.validation_step), not a metric
+        for logger in trainer.loggers:  # also under ref/ (as in summary.json), at step 0
+            logger.log_metrics({f"ref/{key}": float(value) for key, value in before.items()}, step=0)
         seconds = {"ref_eval_seconds": time.perf_counter() - clock}
         try:
             with phase("training", progress=lambda: f"step {trainer.global_step}/{trainer.max_steps}"):
@@ -156,6 +158,8 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*(LeafSpec|does not have many workers|no `val_dataloader`|module\(s\) in "
                                               "eval mode|ModelCheckpoint with manual optimization).*")  # in every process
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")  # peft asks a deprecated name
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch"):  # its advert, on every Trainer
+        logging.getLogger(name).addFilter(lambda record: "litlogger" not in str(record.msg))
 
 
 def finish_wandb() -> None:

@@ -169,3 +169,15 @@ def test_gsm_symbolic_builds_and_scores_extracted_answers():
     rows = list(task.train_dataset())
     answers = [f"So the answer is {row['answer']}." for row in rows]
     assert task.reward(answers, rows) == [1.0] * len(rows)
+
+
+def test_the_logged_config_names_each_group_s_option_and_keeps_the_task_s_dataset(tmp_path):
+    """W&B's config once showed task.name: chain_sum for task=chain_sum_chat (the node's own name won)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from training.summary import logged_config
+
+    cfg = compose_config(["task=chain_sum_chat", "model=tiny", "algorithm=grpo"], tmp_path)
+    logged = logged_config(cfg, dict(HydraConfig.get().runtime.choices))
+    assert logged["task"]["name"] == "chain_sum_chat" and logged["task"]["dataset"] == "chain_sum"
+    assert logged["algorithm"]["name"] == "grpo" and logged["model"]["name"] == "tiny"

@@ -14,6 +14,7 @@ from models.reference import reference_for
 from models.value import critic_for
 from schema import ConfigError
 from storage import code_digest
+from training.callbacks import step_bar
 from training.checks import build
 from training.evaluation import CachedFirstEvaluation, HeldOutEvaluation
 from training.warmstart import warm_start
@@ -27,12 +28,16 @@ def build_trainer(cfg, sweep_dir: str | None = None, extra_callbacks: list | Non
     if "wandb" in specs and specs["wandb"].get("group") is None and sweep_dir:
         specs["wandb"] = OmegaConf.merge(specs["wandb"], {"group": str(sweep_dir)})
     loggers = [instantiate(spec) for spec in specs.values()]
+    for logger in loggers:  # Lightning passes wandb.init anonymous=None, which recent wandb warns about on every run
+        getattr(logger, "_wandb_init", {}).pop("anonymous", None)
     callbacks = [instantiate(spec) for name, spec in cfg.callbacks.items()
                  if spec is not None and (name != "checkpoint" or cfg.trainer.enable_checkpointing is not False)]
     callbacks += extra_callbacks or []
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     trainer = instantiate(cfg.trainer, _partial_=True)
+    if sys.stdout.isatty() and cfg.trainer.enable_progress_bar:
+        callbacks.append(step_bar("training"))
     bar = {} if sys.stdout.isatty() else {"enable_progress_bar": False}  # it draws nothing but a last frame in a
     #                                                                   file: the plain progress lines stand in
     try:

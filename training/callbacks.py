@@ -45,9 +45,10 @@ class SampleTable(L.Callback):
 class ProgressLine(L.Callback):
     """Without a terminal (batch jobs, CI, nohup, a file) Lightning's progress bar draws nothing:
     print one plain line every `every_n_steps` optimiser steps instead, with step, reward, KL to the
-    reference, the last validation accuracy, elapsed time and an estimate of the time left."""
+    reference (kl_ref_k1: the k1 estimate, mean log-ratio on the sampled responses, which can be
+    negative on a finite sample), the last validation accuracy, elapsed time and time left."""
 
-    KEYS = (("train/reward", "reward"), ("train/kl_ref", "kl_ref"), ("val/accuracy", "val/accuracy"),
+    KEYS = (("train/reward", "reward"), ("train/kl_ref", "kl_ref_k1"), ("val/accuracy", "val/accuracy"),
             ("exact/kl_to_optimum", "kl_to_optimum"))
 
     def __init__(self, every_n_steps: int = 10, when: str = "no_terminal"):
@@ -65,3 +66,20 @@ class ProgressLine(L.Callback):
         elapsed = pl_module.budget.wall_seconds
         left = elapsed / max(step, 1) * (total - step) if total > 0 else float("nan")
         print(f"step {step}/{total} {values} elapsed {elapsed:.0f}s eta {left:.0f}s", flush=True)
+
+
+def step_bar(name: str = "training"):
+    """Lightning's rich progress bar, labelled with the phase and not "Epoch 0/-2" (ptlab counts
+    optimiser steps, with no epoch limit), without the logger's version number (`v_num`)."""
+    from lightning.pytorch.callbacks import RichProgressBar
+
+    class StepBar(RichProgressBar):
+        def _get_train_description(self, current_epoch: int) -> str:
+            return f"{name:{len(self.validation_description)}}"
+
+        def get_metrics(self, trainer, pl_module):
+            items = super().get_metrics(trainer, pl_module)
+            items.pop("v_num", None)
+            return items
+
+    return StepBar()

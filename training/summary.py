@@ -72,11 +72,14 @@ def code_version() -> dict:
 def logged_config(cfg, choices: dict) -> dict:
     """The resolved config as the loggers' hyperparameters (the W&B run's config): every key of
     config.yaml, and each config group's node carries the option chosen as `name`, so runs can be
-    filtered and grouped by `lr`, `beta`, `algorithm.name`, `model.name`, ... in the W&B UI."""
+    filtered and grouped by `lr`, `beta`, `algorithm.name`, `model.name`, ... in the W&B UI (`task.name`
+    is the option, e.g. chain_sum_chat; the reasoning-gym dataset it draws from is `task.dataset`)."""
     config = OmegaConf.to_container(cfg, resolve=True)
     for group, choice in choices.items():
         if isinstance(config.get(group), dict) and choice is not None:
-            config[group] = {"name": choice, **config[group]}
+            node = dict(config[group])
+            own = node.pop("name", None)  # a task's own `name` is its reasoning-gym dataset: kept as `dataset`
+            config[group] = {"name": choice, **({"dataset" if group == "task" else "config_name": own} if own else {}), **node}
     return config
 
 

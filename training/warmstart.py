@@ -32,6 +32,7 @@ from models.lm import token_logprobs
 from schema import RunStopped
 from storage import build_once, code_digest
 from tasks.base import fingerprint
+from training.callbacks import step_bar
 from training.data import prompt_loader
 from training.heartbeat import phase
 from training.module import PostTrainingModule
@@ -150,10 +151,11 @@ def train_warm_start(cfg, task, model, tokenizer, directory: Path) -> dict:
         optimizer=partial(torch.optim.AdamW, lr=settings.lr, weight_decay=0.0),
         max_grad_norm=1.0,
     )
+    terminal = sys.stdout.isatty()  # without one: no bar, the heartbeat's lines (training/heartbeat.py)
     trainer = L.Trainer(max_steps=settings.steps, max_epochs=-1, logger=False, enable_checkpointing=False,
                         enable_model_summary=False, accelerator=cfg.trainer.accelerator, devices=1,
-                        limit_val_batches=0, callbacks=[stop] if stop else None,
-                        enable_progress_bar=sys.stdout.isatty())  # without a terminal: the heartbeat's lines
+                        limit_val_batches=0, enable_progress_bar=terminal,
+                        callbacks=([stop] if stop else []) + ([step_bar("warm start")] if terminal else []))
     with torch.random.fork_rng(), phase("warm start", progress=lambda: f"step {trainer.global_step}/{settings.steps}"):
         torch.manual_seed(settings.seed)
         trainer.fit(module, prompt_loader(data, settings.batch_size, shuffle=True, seed=settings.seed))
