@@ -198,3 +198,28 @@ def test_log_probs_made_in_trimmed_parts_equal_the_whole_batch(tokenizer):
     with torch.no_grad():
         whole = module.policy_logprobs(rollout)
         assert torch.allclose(module._in_parts(module.policy_logprobs, rollout), whole, atol=1e-12)
+
+
+def test_a_reward_model_scores_each_completion_as_its_own_forward_does(tokenizer, tmp_path):
+    """A tiny sequence classifier built from a config, saved as a local directory: scored in batches
+    (padded) it gives each (prompt, completion) the logit a forward of that text alone gives."""
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    from rewards.model import RewardModel
+
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, num_labels=1, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    LlamaForSequenceClassification(config).save_pretrained(tmp_path / "rm")
+    tokenizer.save_pretrained(tmp_path / "rm")
+    reward = RewardModel(str(tmp_path / "rm"), batch_size=3)
+    rows = [{"prompt": p, "answer": "x"} for p in ("1 + 2=", "47 + 38=", "5=", "9 - 9=")]
+    completions = ["3", "85", "-1234", "0"]
+    scores = reward(completions, rows)
+    model = LlamaForSequenceClassification.from_pretrained(tmp_path / "rm").eval()
+    with torch.no_grad():
+        alone = [model(**tokenizer(row["prompt"] + c, return_tensors="pt")).logits[0, 0].item() for c, row in zip(completions, rows)]
+    assert scores == pytest.approx(alone, abs=1e-5) and len(set(round(s, 4) for s in scores)) == 4
+    from rewards import score
+
+    assert score(reward, completions, rows)[0] == pytest.approx(alone, abs=1e-5)  # through ptlab's checks
