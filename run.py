@@ -75,7 +75,7 @@ def fit_and_summarise(cfg, choices, algorithm, output_dir: Path, stop, start: fl
         reuse_freed_memory()
     if parallel.rank() == 0:
         warn_if_oversubscribed()
-        HEARTBEAT.start(float(os.environ.get("PTLAB_HEARTBEAT_SECONDS", 30)))  # without a terminal: a line at least
+        HEARTBEAT.start(float(os.environ.get("PTLAB_HEARTBEAT_SECONDS", 25)))  # without a terminal: a line at least
         #                                                                     every 30 s, whatever the phase
 
     logging.getLogger("lightning").handlers.clear()  # Lightning's info goes to run.log, not the console

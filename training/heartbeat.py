@@ -1,4 +1,4 @@
-"""A line at least every 30 seconds when stdout is not a terminal.
+"""A line at least every 30 seconds when stdout is not a terminal (a beat after 25 s of silence).
 
 Under nohup, a batch job or SLURM, stdout is a file: Lightning's progress bar draws nothing there,
 and a phase with nothing to print (a warm start between its checks, a model's conversion, an
@@ -6,8 +6,8 @@ evaluation, a long step) looks like a hang. `start()` wraps sys.stdout to note w
 last written, and a daemon thread prints the current phase, its time so far and its progress
 whenever nothing was written for `every` seconds:
 
-    reference evaluation: 30 s so far (64/200 prompts)
-    training: 60 s so far (step 3/16)
+    reference evaluation: 25 s so far (greedy answers 0-200 of 200)
+    training: 50 s so far (step 3/16)
 
 Code marks its phases with `with phase("reference evaluation", progress=...)`; outside a started
 heartbeat (a terminal, tests) a phase costs nothing.
