@@ -462,7 +462,7 @@ def test_a_plain_reward_gets_the_fields_it_names_and_bad_references_are_one_line
 
 
 def test_without_a_terminal_no_phase_is_silent_for_longer_than_the_heartbeat(tmp_path):
-    """stdout to a pipe (as `python run.py > log`): a line at least every PTLAB_HEARTBEAT_SECONDS (30 by
+    """stdout to a pipe (as `python run.py > log`): a line at least every PTLAB_HEARTBEAT_SECONDS (25 by
     default; 1 here) through the warm start, the evaluations and training; once the warm start printed
     nothing for minutes."""
     env = dict(os.environ, PTLAB_CACHE_DIR=str(tmp_path / "cache"), WANDB_MODE="offline", PTLAB_HEARTBEAT_SECONDS="1")
