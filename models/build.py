@@ -107,15 +107,20 @@ def check_lora_targets(model, lora: dict | None) -> None:
                           "(or all-linear)")
 
 
-def add_lora(model, r: int, alpha: float = 16, dropout: float = 0.0, target_modules="all-linear"):
-    """Wrap the model in peft LoRA adapters of rank r; every base weight is frozen."""
+def add_lora(model, r: int, alpha: float = 16, dropout: float = 0.0, target_modules="all-linear", seed: int = 0):
+    """Wrap the model in peft LoRA adapters of rank r; every base weight is frozen. The adapters' A
+    matrices are drawn from `seed`, not from whatever the process drew before (a model's conversion,
+    an earlier job in the same launcher worker), so the same command builds the same adapters."""
+    import torch
     from peft import LoraConfig, get_peft_model
 
     check_lora_targets(model, {"r": r, "target_modules": target_modules})
     targets = "all-linear" if target_modules == "all-linear" else (
         [target_modules] if isinstance(target_modules, str) else list(target_modules))
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, task_type="CAUSAL_LM")
-    return get_peft_model(model, config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return get_peft_model(model, config)
 
 
 def is_lora(model) -> bool:

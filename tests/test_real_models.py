@@ -223,3 +223,14 @@ def test_a_reward_model_scores_each_completion_as_its_own_forward_does(tokenizer
     from rewards import score
 
     assert score(reward, completions, rows)[0] == pytest.approx(alone, abs=1e-5)  # through ptlab's checks
+
+
+def test_lora_adapters_are_the_same_whatever_the_process_drew_before(tokenizer):
+    """Once drawn from the process's RNG: a SmolLM2 run that converted its model first (drawing random
+    initial weights) trained other adapters than the same command with the model cached."""
+    base_one, base_two = tiny_lm(tokenizer).float(), tiny_lm(tokenizer).float()  # (tiny_lm seeds itself)
+    first = add_lora(base_one, r=4)
+    torch.rand(1000)  # anything drawn in between: a conversion, another job in the same worker
+    second = add_lora(base_two, r=4)
+    pairs = [(a, b) for (name, a), (_, b) in zip(first.named_parameters(), second.named_parameters()) if "lora_A" in name]
+    assert pairs and all(torch.equal(a, b) for a, b in pairs)
