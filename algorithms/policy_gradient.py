@@ -10,12 +10,29 @@ is no clipping (plain importance-weighted REINFORCE). The KL estimator (k1, k2, 
 placement (a loss term, or a per-token reward the subclass folds into its advantages) are shared
 settings (algorithms/kl.py), as is the reference: initial | rollout.
 Native loss: -(clipped surrogate) + beta * k (when in the loss), under the aggregation loss_agg.
+
+`policy_loss` picks the ratio and what clipping does (each a weight rule on the same advantages):
+  ppo    per-token ratio, clipped surrogate (above)
+  gspo   GSPO (Zheng et al. 2025, Eq. 5-7): one ratio per response, the geometric mean of its tokens'
+         s_i = exp(mean_t (l - l_old)), clipped per response: J = mean_i min(s_i A_i, clip(s_i) A_i).
+         grad s_i = s_i * mean_t grad l, so w[i,t] = A_i * s_i * 1[response not clipped]: the weight of
+         every token of a response is the same (with any of ptlab's aggregations, which weigh a
+         response's tokens alike, the surrogate's gradient is the objective's). Compared with TRL's
+         `importance_sampling_level="sequence"` and verl's gspo loss: same ratio (verl's GSPO-token
+         form sg[s_i] * pi/sg[pi] has this gradient too).
+  cispo  CISPO (MiniMax-M1, Chen et al. 2025, Eq. 4-5): J = sum sg(clip(r, 1-eps_low, 1+eps_high)) A log pi,
+         so w = A * clip(r) on every token: no token's gradient is dropped, the ratio is only capped.
+         clip_eps null: no lower bound (as the paper); clip_eps_high caps the weight. As verl's and
+         SkyRL's cispo losses (-A * clamp(r).detach() * log_prob).
 """
 import torch
 from torch import Tensor
 
 from algorithms import kl
 from algorithms.base import Algorithm, aggregate
+from schema import ConfigError
+
+POLICY_LOSSES = ("ppo", "gspo", "cispo")
 
 
 class PolicyGradient(Algorithm):
@@ -23,9 +40,12 @@ class PolicyGradient(Algorithm):
     beta_rule = "nonnegative"
 
     def __init__(self, clip_eps: float | None = 0.2, clip_eps_high: float | None = None, kl_estimator: str = "k3",
-                 kl_placement: str = "loss", **kwargs):
+                 kl_placement: str = "loss", policy_loss: str = "ppo", **kwargs):
         super().__init__(**kwargs)
         kl.check(kl_estimator, kl_placement)
+        if policy_loss not in POLICY_LOSSES:
+            raise ConfigError(f"algorithm.policy_loss={policy_loss!r} is not one of {', '.join(POLICY_LOSSES)}")
+        self.policy_loss = policy_loss
         self.clip_low = clip_eps
         self.clip_high = clip_eps_high if clip_eps_high is not None else clip_eps
         self.kl_estimator, self.kl_placement = kl_estimator, kl_placement
@@ -56,11 +76,29 @@ class PolicyGradient(Algorithm):
     def _kl_in_loss(self) -> bool:
         return self.beta > 0 and self.kl_placement == "loss"
 
+    def _sequence_ratio(self, logprobs: Tensor, rollout) -> Tensor:
+        """GSPO's s_i = exp(mean over the response's tokens of l - l_old), on every token. (B, T)"""
+        mask = rollout.response_mask
+        old = rollout.sampler_logprobs if rollout.sampler_logprobs is not None else logprobs.detach()
+        mean = ((logprobs - old) * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+        return torch.exp(mean).unsqueeze(-1).expand_as(logprobs)
+
+    def _capped(self, ratio: Tensor) -> Tensor:
+        """CISPO's clip(r, 1 - eps_low, 1 + eps_high); a null bound is no bound."""
+        low = None if self.clip_low is None else 1 - self.clip_low
+        high = None if self.clip_high is None else 1 + self.clip_high
+        return ratio.clamp(min=low, max=high) if (low is not None or high is not None) else ratio
+
     def weights(self, logprobs: Tensor, rollout) -> tuple[Tensor, dict[str, float]]:
         mask, advantages = rollout.response_mask, rollout.extras["advantages"]
-        ratio = self._ratio(logprobs, rollout)
-        clipped = self._clipped(ratio, advantages)
-        weights = advantages * ratio * (~clipped)
+        if self.policy_loss == "cispo":
+            ratio = self._ratio(logprobs, rollout)
+            capped = self._capped(ratio)
+            clipped, weights = capped != ratio, advantages * capped
+        else:
+            ratio = self._sequence_ratio(logprobs, rollout) if self.policy_loss == "gspo" else self._ratio(logprobs, rollout)
+            clipped = self._clipped(ratio, advantages)
+            weights = advantages * ratio * (~clipped)
         if self._kl_in_loss():
             weights = weights + kl.loss_weight(logprobs, self.anchor(rollout), self.kl_estimator, self.beta)
         metrics = {"clip_fraction": ((clipped * mask).sum() / mask.sum().clamp(min=1)).item(),
@@ -69,11 +107,14 @@ class PolicyGradient(Algorithm):
 
     def objective(self, logprobs: Tensor, rollout) -> Tensor:
         advantages = rollout.extras["advantages"]
-        ratio = self._ratio(logprobs, rollout)
-        surrogate = ratio * advantages
-        if self.clip_low is not None:
-            surrogate = torch.minimum(surrogate, ratio.clamp(1 - self.clip_low, 1 + self.clip_high) * advantages)
-        loss = -surrogate
+        if self.policy_loss == "cispo":  # sg(clip(r)) * A * log pi
+            loss = -self._capped(self._ratio(logprobs, rollout)).detach() * advantages * logprobs
+        else:
+            ratio = self._sequence_ratio(logprobs, rollout) if self.policy_loss == "gspo" else self._ratio(logprobs, rollout)
+            surrogate = ratio * advantages
+            if self.clip_low is not None:
+                surrogate = torch.minimum(surrogate, ratio.clamp(1 - self.clip_low, 1 + self.clip_high) * advantages)
+            loss = -surrogate
         if self._kl_in_loss():
             loss = loss + self.beta * kl.estimate(logprobs, self.anchor(rollout), self.kl_estimator)
         return aggregate(loss, rollout.response_mask, self.loss_agg, rollout.group_size)

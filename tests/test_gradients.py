@@ -91,3 +91,52 @@ def test_on_policy_gvpo_is_rloo_with_the_kl_in_the_reward(model):
     assert torch.allclose(gradient(gvpo, rollout), gradient(rloo, rollout), atol=1e-10, rtol=0)
     stale = scored_rollout(model, REWARDS, 4, LENGTHS, sampler_shift=0.5)  # another policy sampled
     assert not torch.allclose(gradient(gvpo, stale), gradient(rloo, stale), atol=1e-4, rtol=0)
+
+
+def group_advantages(rewards, group_size, eps=1e-4):
+    """GRPO's (R - mean) / (sample std + eps) per group, written here on its own."""
+    grouped = torch.tensor(rewards, dtype=torch.float64).view(-1, group_size)
+    return ((grouped - grouped.mean(1, keepdim=True)) / (grouped.std(1, keepdim=True) + eps)).flatten()
+
+
+def surrogate_gradient(model, algorithm, rollout):
+    algorithm.prepare(rollout)
+    weights, metrics = algorithm.weights(logprobs_of(model, rollout).detach(), rollout)
+    loss = weighted_log_likelihood_loss(logprobs_of(model, rollout), weights, rollout.response_mask,
+                                        algorithm.loss_agg, rollout.group_size)
+    return grads(model, loss), metrics
+
+
+def test_gspo_gradient_equals_its_sequence_level_clipped_objective_written_here(model):
+    """GSPO, Zheng et al. 2025, Eq. 5-7: J = mean_i min(s_i A_i, clip(s_i, 1-eps, 1+eps_high) A_i),
+    s_i = exp(mean_t log(pi / pi_old)); beta 0 as the paper."""
+    rollout = scored_rollout(model, REWARDS, 4, LENGTHS, sampler_shift=0.3)
+    algorithm = GRPO(beta=0.0, group_size=4, policy_loss="gspo", clip_eps=0.05, clip_eps_high=0.08)
+    g_surrogate, metrics = surrogate_gradient(model, algorithm, rollout)
+    assert 0 < metrics["clip_fraction"] < 1  # some responses clipped, some not
+    mask, old = rollout.response_mask, rollout.sampler_logprobs
+    l = logprobs_of(model, rollout)
+    s = torch.exp(((l - old) * mask).sum(-1) / mask.sum(-1))
+    advantages = group_advantages(REWARDS, 4)
+    objective = -torch.minimum(s * advantages, s.clamp(1 - 0.05, 1 + 0.08) * advantages).mean()
+    g_native = grads(model, objective)
+    assert g_native.abs().max() > 1e-4 and torch.allclose(g_surrogate, g_native, atol=1e-5, rtol=0)
+    assert_same_gradient(model, GRPO(beta=0.1, group_size=4, policy_loss="gspo", clip_eps=0.05), rollout)  # with the KL
+
+
+def test_cispo_gradient_equals_its_capped_is_weight_objective_written_here(model):
+    """CISPO, MiniMax-M1 Eq. 4-5: J = (1/sum|y|) sum_{i,t} sg(min(r, 1+eps_high)) A_i log pi, no lower bound."""
+    rollout = scored_rollout(model, REWARDS, 4, LENGTHS, sampler_shift=0.5)
+    algorithm = GRPO(beta=0.0, group_size=4, policy_loss="cispo", clip_eps=None, clip_eps_high=0.2, loss_agg="token-mean")
+    g_surrogate, metrics = surrogate_gradient(model, algorithm, rollout)
+    assert 0 < metrics["clip_fraction"] < 1  # some ratios capped
+    mask, old = rollout.response_mask, rollout.sampler_logprobs
+    l = logprobs_of(model, rollout)
+    capped = torch.exp(l.detach() - old).clamp(max=1.2)
+    advantages = group_advantages(REWARDS, 4).unsqueeze(-1)
+    objective = -(capped * advantages * l * mask).sum() / mask.sum()
+    g_native = grads(model, objective)
+    assert g_native.abs().max() > 1e-4 and torch.allclose(g_surrogate, g_native, atol=1e-5, rtol=0)
+    # PPO's clipping drops a capped token's gradient where CISPO keeps it: the two differ here
+    ppo, _ = surrogate_gradient(model, GRPO(beta=0.0, group_size=4, clip_eps=0.2, loss_agg="token-mean"), rollout)
+    assert not torch.allclose(ppo, g_surrogate, atol=1e-5)
