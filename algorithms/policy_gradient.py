@@ -24,6 +24,11 @@ Native loss: -(clipped surrogate) + beta * k (when in the loss), under the aggre
          so w = A * clip(r) on every token: no token's gradient is dropped, the ratio is only capped.
          clip_eps null: no lower bound (as the paper); clip_eps_high caps the weight. As verl's and
          SkyRL's cispo losses (-A * clamp(r).detach() * log_prob).
+  gmpo   GMPO (Zhao et al. 2025, Eq. 4): the geometric mean of the tokens' clipped ratios per response,
+         J = mean_i A_i * exp(mean_t sgn(A_i) min(sgn(A_i) log r, sgn(A_i) clip(log r, -eps, eps_high))),
+         clipped in log space (clip_eps and clip_eps_high are log-ratio bounds: the paper's (e^-0.4, e^0.4)
+         is 0.4 / 0.4). grad = A_i G_i mean_t 1[t not clipped] grad l, so w[i,t] = A_i G_i 1[t not clipped],
+         G_i the response's clipped geometric-mean ratio. As verl's gmpo loss (its advantage: the token mean).
 """
 import torch
 from torch import Tensor
@@ -32,7 +37,7 @@ from algorithms import kl
 from algorithms.base import Algorithm, aggregate
 from schema import ConfigError
 
-POLICY_LOSSES = ("ppo", "gspo", "cispo")
+POLICY_LOSSES = ("ppo", "gspo", "cispo", "gmpo")
 
 
 class PolicyGradient(Algorithm):
@@ -89,9 +94,25 @@ class PolicyGradient(Algorithm):
         high = None if self.clip_high is None else 1 + self.clip_high
         return ratio.clamp(min=low, max=high) if (low is not None or high is not None) else ratio
 
+    def _geometric(self, logprobs: Tensor, rollout) -> tuple[Tensor, Tensor]:
+        """GMPO: (G_i on every token (B, T), tokens clipped (B, T)); log-space clipping by advantage sign."""
+        mask, advantages = rollout.response_mask, rollout.extras["advantages"]
+        old = rollout.sampler_logprobs if rollout.sampler_logprobs is not None else logprobs.detach()
+        log_ratio = logprobs - old
+        sign = torch.where(advantages < 0, -1.0, 1.0).to(log_ratio.dtype)
+        low = -self.clip_low if self.clip_low is not None else None
+        bounded = log_ratio.clamp(min=low, max=self.clip_high) if self.clip_high is not None or low is not None else log_ratio
+        kept = sign * torch.minimum(sign * log_ratio, sign * bounded)
+        clipped = (kept != log_ratio) & mask.bool()
+        mean = (kept * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+        return torch.exp(mean).unsqueeze(-1).expand_as(logprobs), clipped
+
     def weights(self, logprobs: Tensor, rollout) -> tuple[Tensor, dict[str, float]]:
         mask, advantages = rollout.response_mask, rollout.extras["advantages"]
-        if self.policy_loss == "cispo":
+        if self.policy_loss == "gmpo":
+            geometric, clipped = self._geometric(logprobs, rollout)
+            weights = advantages * geometric * (~clipped)
+        elif self.policy_loss == "cispo":
             ratio = self._ratio(logprobs, rollout)
             capped = self._capped(ratio)
             clipped, weights = capped != ratio, advantages * capped
@@ -107,7 +128,9 @@ class PolicyGradient(Algorithm):
 
     def objective(self, logprobs: Tensor, rollout) -> Tensor:
         advantages = rollout.extras["advantages"]
-        if self.policy_loss == "cispo":  # sg(clip(r)) * A * log pi
+        if self.policy_loss == "gmpo":  # -A_i G_i on every token: its response-mean is -A_i G_i
+            loss = -advantages * self._geometric(logprobs, rollout)[0]
+        elif self.policy_loss == "cispo":  # sg(clip(r)) * A * log pi
             loss = -self._capped(self._ratio(logprobs, rollout)).detach() * advantages * logprobs
         else:
             ratio = self._sequence_ratio(logprobs, rollout) if self.policy_loss == "gspo" else self._ratio(logprobs, rollout)

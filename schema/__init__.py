@@ -134,7 +134,7 @@ RULES = {
     "algorithm.value_clip": number(0, low_open=True, nullable=True),
     "algorithm.std_eps": POSITIVE,
     "algorithm.kl_estimator": one_of("k1", "k2", "k3"),
-    "algorithm.policy_loss": one_of("ppo", "gspo", "cispo"),
+    "algorithm.policy_loss": one_of("ppo", "gspo", "cispo", "gmpo"),
     "algorithm.kl_placement": one_of("loss", "reward"),
     "algorithm.reference": REFERENCES,
     "algorithm.advantage_norm": one_of("group", "batch", "none"),

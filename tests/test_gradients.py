@@ -140,3 +140,22 @@ def test_cispo_gradient_equals_its_capped_is_weight_objective_written_here(model
     # PPO's clipping drops a capped token's gradient where CISPO keeps it: the two differ here
     ppo, _ = surrogate_gradient(model, GRPO(beta=0.0, group_size=4, clip_eps=0.2, loss_agg="token-mean"), rollout)
     assert not torch.allclose(ppo, g_surrogate, atol=1e-5)
+
+
+def test_gmpo_gradient_equals_its_geometric_mean_objective_written_here(model):
+    """GMPO, Zhao et al. 2025, Eq. 4: J = mean_i A_i * (prod_t clip-by-sign(r_t))^(1/|y_i|), the clip in
+    log space, (e^-eps, e^eps_high); beta 0 as the paper."""
+    rollout = scored_rollout(model, REWARDS, 4, LENGTHS, sampler_shift=0.5)
+    algorithm = GRPO(beta=0.0, group_size=4, policy_loss="gmpo", clip_eps=0.3, clip_eps_high=0.3)
+    g_surrogate, metrics = surrogate_gradient(model, algorithm, rollout)
+    assert 0 < metrics["clip_fraction"] < 1
+    mask, old = rollout.response_mask, rollout.sampler_logprobs
+    log_ratio = logprobs_of(model, rollout) - old
+    advantages = group_advantages(REWARDS, 4)
+    sign = torch.sign(advantages).unsqueeze(-1)
+    kept = sign * torch.minimum(sign * log_ratio, sign * log_ratio.clamp(-0.3, 0.3))
+    geometric = torch.exp((kept * mask).sum(-1) / mask.sum(-1))
+    objective = -(advantages * geometric).mean()
+    g_native = grads(model, objective)
+    assert g_native.abs().max() > 1e-4 and torch.allclose(g_surrogate, g_native, atol=1e-5, rtol=0)
+    assert_same_gradient(model, GRPO(beta=0.1, group_size=4, policy_loss="gmpo", clip_eps=0.3), rollout)

@@ -171,7 +171,7 @@ def test_bad_input_is_refused_in_one_line_before_training(args, message, tmp_pat
 
 # Refused before Hydra starts a job (training/prelaunch.py): checked in-process, a few also through run.py
 BAD_VALUES = [
-    (["algorithm=foo"], "algorithm='foo' is not an option; choose one of: cispo, dpo, dr_grpo, grpo, gspo, gvpo, ipo, ppo, rloo, rs, sft"),
+    (["algorithm=foo"], "algorithm='foo' is not an option; choose one of: cispo, dpo, dr_grpo, gmpo, grpo, gspo, gvpo, ipo, ppo, rloo, rs, sft"),
     (["algorithm=gvpo", "beta=0"], "beta=0 is not allowed for gvpo: it needs beta > 0"),
     (["algorithm=dpo", "beta=-0.5"], "beta=-0.5 is not allowed: a number >= 0"),
     (["algorithm=grpo", "beta=-1"], "beta=-1 is not allowed: a number >= 0"),
