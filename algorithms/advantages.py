@@ -8,8 +8,15 @@ from torch import Tensor
 from parallel import all_sum
 from schema import ConfigError
 
-BASELINES = ("group_mean", "leave_one_out")
-NORMALISATIONS = ("none", "group", "batch")
+BASELINES = (
+    "group_mean",  # mean of the group's rewards (GRPO, Dr. GRPO, GPG, REINFORCE++-baseline)
+    "leave_one_out",  # mean of the other responses' rewards (RLOO)
+    "length_weighted",  # sum_j |y_j| R_j / sum_j |y_j| over the group (OPO)
+    "leave_one_out_max",  # max of the other responses' rewards: A_i = max_g R - max_{j != i} R_j (pass@k)
+    "greedy",  # the reward of the prompt's greedy response (ReMax; sampler.greedy_baseline=true)
+    "none",  # no baseline (REINFORCE++, whose token whitening then centres the advantages)
+)
+NORMALISATIONS = ("none", "group", "batch", "token")
 
 
 def check(baseline: str, normalisation: str) -> None:
@@ -19,18 +26,53 @@ def check(baseline: str, normalisation: str) -> None:
         raise ConfigError(f"algorithm.advantage_norm={normalisation!r} is not one of {', '.join(NORMALISATIONS)}")
 
 
-def outcome_advantages(rewards: Tensor, group_size: int, baseline: str, normalisation: str, eps: float) -> Tensor:
-    """One advantage per response (B,). group_mean: R_i - mean_g R (GRPO); leave_one_out:
-    R_i - mean_{j != i} R_j (RLOO). Then divided by the group's or the batch's sample std, or not."""
+def baselined(rewards: Tensor, group_size: int, baseline: str, lengths: Tensor | None = None,
+              greedy_rewards: Tensor | None = None) -> Tensor:
+    """R_i - b_i (B,) for each baseline of BASELINES. `lengths` (B,) are the responses' token counts
+    (length_weighted); `greedy_rewards` (B,) the reward of each row's prompt's greedy response (greedy)."""
     grouped = rewards.view(-1, group_size)
-    centred = grouped - grouped.mean(dim=1, keepdim=True)
+    if baseline == "group_mean":
+        return (grouped - grouped.mean(dim=1, keepdim=True)).reshape(-1)
     if baseline == "leave_one_out":
-        centred = centred * group_size / (group_size - 1)
+        return ((grouped - grouped.mean(dim=1, keepdim=True)) * group_size / (group_size - 1)).reshape(-1)
+    if baseline == "length_weighted":
+        weights = lengths.to(rewards.dtype).view(-1, group_size)
+        return (grouped - (weights * grouped).sum(1, keepdim=True) / weights.sum(1, keepdim=True).clamp(min=1)).reshape(-1)
+    if baseline == "leave_one_out_max":
+        top2 = grouped.topk(2, dim=1).values  # (G, 2): the best and the second best
+        others_max = torch.where(grouped == top2[:, :1], top2[:, 1:], top2[:, :1])  # max over j != i
+        # a tie for the best: the best's "others" hold an equal reward, its advantage is 0 (as verl's topk)
+        return (top2[:, :1] - others_max).reshape(-1)
+    if baseline == "greedy":
+        if greedy_rewards is None:
+            raise ConfigError("algorithm.baseline=greedy needs the greedy response's reward of every prompt:"
+                              " sampler.greedy_baseline=true (an on-policy sampler)")
+        return rewards - greedy_rewards.to(rewards.dtype)
+    return rewards.clone()
+
+
+def outcome_advantages(rewards: Tensor, group_size: int, baseline: str, normalisation: str, eps: float,
+                       lengths: Tensor | None = None, greedy_rewards: Tensor | None = None) -> Tensor:
+    """One advantage per response (B,): R_i - b_i (see `baselined`), then divided by the group's or
+    the batch's sample std of the rewards, or not. (`token` normalisation is per token: `whiten_tokens`.)"""
+    centred = baselined(rewards, group_size, baseline, lengths, greedy_rewards).view(-1, group_size)
     if normalisation == "group":
-        centred = centred / (grouped.std(dim=1, keepdim=True) + eps)
+        centred = centred / (rewards.view(-1, group_size).std(dim=1, keepdim=True) + eps)
     elif normalisation == "batch":
         centred = centred / (batch_std(rewards, torch.ones_like(rewards)) + eps)
     return centred.reshape(-1)
+
+
+def whiten_tokens(advantages: Tensor, mask: Tensor, eps: float) -> Tensor:
+    """REINFORCE++'s global normalisation: (A - mean) / (sample std + eps) over every response token
+    of the batch (all ranks'), A (B, T). verl's masked_whiten divides by sqrt(var + 1e-8) instead."""
+    _, mean, _ = batch_moments(advantages, mask)
+    return (advantages - mean) / (batch_std(advantages, mask) + eps) * mask
+
+
+def to_go(token_rewards: Tensor, mask: Tensor) -> Tensor:
+    """sum_{s >= t} r_s over each response's tokens (B, T): the return to go with gamma = 1."""
+    return (token_rewards * mask).flip(-1).cumsum(-1).flip(-1) * mask
 
 
 def process_advantages(step_rewards: Tensor, step_mask: Tensor, group_size: int, eps: float) -> Tensor:
@@ -90,3 +132,14 @@ def whiten(values: Tensor, mask: Tensor, eps: float = 1e-8, whole_batch: bool = 
         squares = ((values - mean).pow(2) * mask_).sum()
     var = squares / count.clamp(min=1)
     return (values - mean) / (var.sqrt() + eps) * mask
+
+
+def valid_scale(rewards: Tensor, group_size: int) -> Tensor:
+    """GPG's alpha = B / (B - M) (Chu et al. 2025, Eq. 10), M the responses in groups whose rewards are
+    all equal (their advantage is 0): the batch mean over B responses of which only B - M carry a
+    gradient is scaled back to a mean over those. Counted over every rank. 1 when no group has signal."""
+    grouped = rewards.view(-1, group_size)
+    informative = (grouped.max(1).values != grouped.min(1).values).to(torch.float64).sum() * group_size
+    total, informative = all_sum(torch.stack([torch.tensor(float(rewards.numel()), dtype=torch.float64,
+                                                            device=rewards.device), informative]))
+    return (total / informative).to(rewards.dtype) if informative > 0 else torch.ones((), dtype=rewards.dtype, device=rewards.device)

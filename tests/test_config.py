@@ -14,7 +14,7 @@ SMALL_TASK = ["task.train_size=64", "task.val_size=8"]
 
 
 def test_every_group_lists_its_options():
-    assert group_options("algorithm") == ["cispo", "dpo", "dr_grpo", "gmpo", "grpo", "gspo", "gvpo", "ipo", "ppo", "rloo", "rs", "sft"]
+    assert group_options("algorithm") == ["cispo", "clip_cov", "dapo", "dpo", "dr_grpo", "gmpo", "gpg", "grpo", "grpo_passk", "gspo", "gvpo", "ipo", "kl_cov", "opo", "ppo", "reinforce_pp", "reinforce_pp_baseline", "remax", "rloo", "rs", "sapo", "sft"]
     assert {"on_policy", "demonstrations", "pairs"} <= set(group_options("sampler"))
 
 
@@ -124,7 +124,7 @@ def test_sampler_and_reference_settings_are_checked(overrides, message, tmp_path
 
 
 @pytest.mark.parametrize("args,message", [
-    (["algorithm=foo"], "algorithm='foo' is not an option; choose one of: cispo, dpo, dr_grpo, gmpo, grpo, gspo, gvpo, ipo, ppo, rloo, rs, sft"),
+    (["algorithm=foo"], "algorithm='foo' is not an option; choose one of: cispo, clip_cov, dapo, dpo, dr_grpo, gmpo, gpg, grpo, grpo_passk, gspo, gvpo, ipo, kl_cov, opo, ppo, reinforce_pp, reinforce_pp_baseline, remax, rloo, rs, sapo, sft"),
     (["algorithm=gvpo,nope"], "algorithm='nope' is not an option"),
     (["sampler=bad"], "sampler='bad' is not an option"),
 ])

@@ -159,3 +159,88 @@ def test_gmpo_gradient_equals_its_geometric_mean_objective_written_here(model):
     g_native = grads(model, objective)
     assert g_native.abs().max() > 1e-4 and torch.allclose(g_surrogate, g_native, atol=1e-5, rtol=0)
     assert_same_gradient(model, GRPO(beta=0.1, group_size=4, policy_loss="gmpo", clip_eps=0.3), rollout)
+
+
+def test_sapo_gradient_equals_its_soft_gate_objective_written_here(model):
+    """SAPO (arXiv 2511.20347): J = mean_i mean_t f(r) A_i, f(r) = sigmoid(tau (r - 1)) * 4 / tau, tau_pos
+    for positive advantages, tau_neg otherwise; on-policy (r = 1) its gradient is GRPO's unclipped one."""
+    rollout = scored_rollout(model, REWARDS, 4, LENGTHS, sampler_shift=0.5)
+    algorithm = GRPO(beta=0.0, group_size=4, policy_loss="sapo", tau_pos=1.0, tau_neg=1.05)
+    g_surrogate, _ = surrogate_gradient(model, algorithm, rollout)
+    mask = rollout.response_mask
+    ratio = torch.exp(logprobs_of(model, rollout) - rollout.sampler_logprobs)
+    advantages = group_advantages(REWARDS, 4).unsqueeze(-1)
+    tau = torch.where(advantages > 0, 1.0, 1.05)
+    gate = torch.sigmoid(tau * (ratio - 1)) * 4 / tau
+    objective = -((gate * advantages * mask).sum(-1) / mask.sum(-1)).mean()
+    g_native = grads(model, objective)
+    assert g_native.abs().max() > 1e-4 and torch.allclose(g_surrogate, g_native, atol=1e-5, rtol=0)
+    on_policy = scored_rollout(model, REWARDS, 4, LENGTHS)  # r = 1: the gate's slope is 1
+    unclipped = GRPO(beta=0.0, group_size=4, clip_eps=None)
+    assert torch.allclose(surrogate_gradient(model, algorithm, on_policy)[0],
+                          surrogate_gradient(model, unclipped, on_policy)[0], atol=1e-8)
+
+
+def test_gpg_gradient_is_reinforce_without_a_ratio_written_here(model):
+    """GPG: J = (1 / sum |y|) sum_{i,t} A_i log pi, no importance ratio even when another policy sampled."""
+    rollout = scored_rollout(model, REWARDS, 4, LENGTHS, sampler_shift=0.5)
+    algorithm = GRPO(beta=0.0, group_size=4, policy_loss="gpg", advantage_norm="none", loss_agg="token-mean")
+    g_surrogate, _ = surrogate_gradient(model, algorithm, rollout)
+    mask, l = rollout.response_mask, logprobs_of(model, rollout)
+    grouped = torch.tensor(REWARDS, dtype=torch.float64).view(-1, 4)
+    advantages = (grouped - grouped.mean(1, keepdim=True)).flatten().unsqueeze(-1)
+    g_native = grads(model, -(advantages * l * mask).sum() / mask.sum())
+    assert g_native.abs().max() > 1e-4 and torch.allclose(g_surrogate, g_native, atol=1e-5, rtol=0)
+
+
+def covariance_written_here(l, advantages, mask):
+    """Cui et al. 2025, Eq. 11: (A - mean A)(l - mean l), the means over the batch's response tokens."""
+    valid = mask.bool()
+    a = advantages.expand_as(l)
+    return (a - a[valid].mean()) * (l - l[valid].mean())
+
+
+def test_clip_cov_drops_the_gradient_of_a_random_few_unclipped_tokens_in_the_covariance_band(model):
+    """Clip-Cov (arXiv 2505.22617, Eq. 12): PPO's clipped surrogate with the gradient of
+    max(1, floor(fraction * tokens)) tokens detached, drawn among the unclipped tokens whose covariance
+    lies in (low, high); the test checks the selection by that rule and the gradient against the
+    surrogate written here without the selected tokens."""
+    rollout = scored_rollout(model, REWARDS, 4, LENGTHS, sampler_shift=0.5)
+    algorithm = GRPO(beta=0.0, group_size=4, policy_loss="clip_cov", cov_fraction=0.2, cov_low=-1.0, cov_high=1.0,
+                     advantage_norm="none", loss_agg="token-mean")
+    torch.manual_seed(0)
+    g_surrogate, _ = surrogate_gradient(model, algorithm, rollout)
+    selected, mask = algorithm.selected, rollout.response_mask
+    l = logprobs_of(model, rollout)
+    grouped = torch.tensor(REWARDS, dtype=torch.float64).view(-1, 4)
+    advantages = (grouped - grouped.mean(1, keepdim=True)).flatten().unsqueeze(-1)
+    ratio = torch.exp(l - rollout.sampler_logprobs)
+    unclipped_loss, clipped_loss = -ratio * advantages, -ratio.clamp(0.8, 1.2) * advantages
+    ppo_clipped = (clipped_loss > unclipped_loss) & mask.bool()
+    covariance = covariance_written_here(l.detach(), advantages, mask)
+    band = mask.bool() & ~ppo_clipped & (covariance > -1.0) & (covariance < 1.0)
+    assert int(selected.sum()) == min(int(0.2 * int(mask.sum())), int(band.sum())) > 0
+    assert not (selected & ~band).any()  # every selected token is in the band
+    objective = (torch.maximum(unclipped_loss, clipped_loss) * ~selected * mask).sum() / mask.sum()
+    g_native = grads(model, objective)
+    assert g_native.abs().max() > 1e-4 and torch.allclose(g_surrogate, g_native, atol=1e-5, rtol=0)
+
+
+def test_kl_cov_penalises_the_top_covariance_tokens_with_the_absolute_log_ratio(model):
+    """KL-Cov (arXiv 2505.22617, Eq. 13): J = mean_t [r A - coef |log r| 1[top-k covariance]], no clipping."""
+    rollout = scored_rollout(model, REWARDS, 4, LENGTHS, sampler_shift=0.5)
+    algorithm = GRPO(beta=0.0, group_size=4, policy_loss="kl_cov", cov_fraction=0.2, kl_coef=0.5,
+                     advantage_norm="none", loss_agg="token-mean")
+    g_surrogate, _ = surrogate_gradient(model, algorithm, rollout)
+    mask, l = rollout.response_mask, logprobs_of(model, rollout)
+    grouped = torch.tensor(REWARDS, dtype=torch.float64).view(-1, 4)
+    advantages = (grouped - grouped.mean(1, keepdim=True)).flatten().unsqueeze(-1)
+    covariance = covariance_written_here(l.detach(), advantages, mask)
+    count = int(0.2 * int(mask.sum()))
+    threshold = covariance[mask.bool()].sort(descending=True).values[count - 1]
+    top = (covariance >= threshold) & mask.bool()
+    assert torch.equal(algorithm.selected, top) and int(top.sum()) == count
+    log_ratio = l - rollout.sampler_logprobs
+    objective = ((-torch.exp(log_ratio) * advantages + 0.5 * log_ratio.abs() * top) * mask).sum() / mask.sum()
+    g_native = grads(model, objective)
+    assert g_native.abs().max() > 1e-4 and torch.allclose(g_surrogate, g_native, atol=1e-5, rtol=0)

@@ -42,6 +42,52 @@ def test_outcome_advantages_by_hand():
     assert torch.allclose(batch, (rewards - torch.tensor([1 / 3] * 3 + [1.0] * 3)) / rewards.std())
 
 
+def test_the_catalogues_baselines_by_hand():
+    rewards = torch.tensor([1.0, 0.0, 0.5, 1.0, 1.0, 1.0])  # two groups of 3
+    lengths = torch.tensor([2, 4, 2, 1, 5, 3])
+    # OPO: b = sum |y| R / sum |y| = (2 + 0 + 1) / 8 = 0.375 for the first group; the second all 1
+    opo = adv.outcome_advantages(rewards, 3, "length_weighted", "none", 1e-4, lengths=lengths)
+    assert torch.allclose(opo, torch.tensor([0.625, -0.375, 0.125, 0.0, 0.0, 0.0]))
+    # pass@k: only a group's single best gets the gap to the second best; a tie for the best gives 0
+    passk = adv.outcome_advantages(rewards, 3, "leave_one_out_max", "none", 1e-4)
+    assert torch.allclose(passk, torch.tensor([0.5, 0.0, 0.0, 0.0, 0.0, 0.0]))
+    grouped_std = torch.tensor([0.5, 0.0]).repeat_interleave(3)  # sample stds of the groups
+    assert torch.allclose(adv.outcome_advantages(rewards, 3, "leave_one_out_max", "group", 1e-4),
+                          passk / (grouped_std + 1e-4))
+    # ReMax: R - R(greedy), the greedy reward repeated for the group
+    remax = adv.outcome_advantages(rewards, 3, "greedy", "none", 1e-4, greedy_rewards=torch.tensor([0.5] * 3 + [0.0] * 3))
+    assert torch.allclose(remax, torch.tensor([0.5, -0.5, 0.0, 1.0, 1.0, 1.0]))
+    assert torch.equal(adv.outcome_advantages(rewards, 3, "none", "none", 1e-4), rewards)
+    # GPG's alpha: 6 responses, 3 of them in a group with spread -> 2
+    assert adv.valid_scale(rewards, 3).item() == 2.0
+    assert adv.valid_scale(torch.ones(6), 3).item() == 1.0  # no group has signal: no scaling
+
+
+def test_reinforce_plus_plus_advantages_by_hand():
+    """Hu 2025: token returns with the KL in the reward (gamma 1), whitened over the batch's tokens."""
+    token_kl = torch.tensor([[-0.1, -0.2, -0.3], [-0.4, 0.0, 0.0]])  # -beta * k per token
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0]])
+    assert torch.allclose(adv.to_go(token_kl, mask), torch.tensor([[-0.6, -0.5, -0.3], [-0.4, 0.0, 0.0]]))
+    values = torch.tensor([[1.0, 2.0, 3.0], [4.0, 9.0, 9.0]])
+    # tokens 1, 2, 3, 4: mean 2.5, sample std sqrt(5/3)
+    expected = (torch.tensor([[1.0, 2.0, 3.0], [4.0, 2.5, 2.5]]) - 2.5) / (5 / 3) ** 0.5 * mask
+    assert torch.allclose(adv.whiten_tokens(values, mask, 0.0), expected)
+
+
+def test_grpo_with_to_go_kl_credit_and_token_whitening_is_reinforce_plus_plus():
+    rollout = rollout_from_lists([1.0, 0.0], 1, [3, 1])
+    rollout.sampler_logprobs = torch.tensor([[-1.0, -2.0, -1.0], [-3.0, 0.0, 0.0]])
+    rollout.ref_logprobs = torch.tensor([[-1.5, -2.0, -0.5], [-2.0, 0.0, 0.0]])
+    algorithm = GRPO(beta=0.2, group_size=1, baseline="none", advantage_norm="token", kl_credit="to_go",
+                     kl_estimator="k1", kl_placement="reward", std_eps=0.0)
+    algorithm.prepare(rollout)
+    # k1 per token: (0.5, 0, -0.5) and (-1); -beta * k: (-0.1, 0, 0.1), (0.2); returns to go: (1.0, 1.1, 1.1), (0.2)
+    returns = torch.tensor([[1.0, 1.1, 1.1], [0.2, 0.0, 0.0]])
+    assert torch.allclose(rollout.extras["advantages"], adv.whiten_tokens(returns, rollout.response_mask, 0.0))
+    with pytest.raises(Exception, match="kl_credit=to_go"):
+        GRPO(beta=0.2, group_size=2, kl_credit="to_go", advantage_norm="group")
+
+
 def test_process_advantages_sum_standardised_step_rewards_from_each_step_on():
     # one group of 2 responses, steps end at tokens 1 and 3 (response 0) and 1 (response 1)
     step_rewards = torch.tensor([[0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])

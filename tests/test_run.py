@@ -171,7 +171,7 @@ def test_bad_input_is_refused_in_one_line_before_training(args, message, tmp_pat
 
 # Refused before Hydra starts a job (training/prelaunch.py): checked in-process, a few also through run.py
 BAD_VALUES = [
-    (["algorithm=foo"], "algorithm='foo' is not an option; choose one of: cispo, dpo, dr_grpo, gmpo, grpo, gspo, gvpo, ipo, ppo, rloo, rs, sft"),
+    (["algorithm=foo"], "algorithm='foo' is not an option; choose one of: cispo, clip_cov, dapo, dpo, dr_grpo, gmpo, gpg, grpo, grpo_passk, gspo, gvpo, ipo, kl_cov, opo, ppo, reinforce_pp, reinforce_pp_baseline, remax, rloo, rs, sapo, sft"),
     (["algorithm=gvpo", "beta=0"], "beta=0 is not allowed for gvpo: it needs beta > 0"),
     (["algorithm=dpo", "beta=-0.5"], "beta=-0.5 is not allowed: a number >= 0"),
     (["algorithm=grpo", "beta=-1"], "beta=-1 is not allowed: a number >= 0"),
@@ -198,7 +198,7 @@ BAD_VALUES = [
     (["+unknown=1"], "+unknown: no config defines unknown"),
     (["model=hf"], "model.path is required: a local Hugging Face model directory"),
     (["lr=3e-4)"], "'lr=3e-4)' is not a valid override (extraneous input ')' expecting <EOF>)"),
-    (["algorithm=gvp0"], "algorithm='gvp0' is not an option; choose one of: cispo, dpo, dr_grpo"),
+    (["algorithm=gvp0"], "algorithm='gvp0' is not an option; choose one of: cispo, clip_cov, dapo"),
     (["-m", "algorithm=grpo,gvpo", "trainer.max_steps=-5"], "trainer.max_steps=-5 is not allowed: an integer >= 1"),
     # interpolations are resolved and checked like values (they once passed and failed after the warm start)
     (["lr=${oc.env:PATH}"], "lr='${oc.env:PATH}' (= '"),

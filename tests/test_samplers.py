@@ -191,13 +191,20 @@ SUPPORTED = {
     "sft": {"demonstrations"},
     "dpo": {"on_policy", "reference", "stale", "replay", "offline", "uniform", "pairs"},
     "ipo": {"on_policy", "reference", "stale", "replay", "offline", "uniform", "pairs"},
+    "remax": {"on_policy", "reference", "stale", "replay"},  # its baseline is a greedy response it decodes
 }
+
+
+# Configurations of GRPO's class whose sampler handling is GRPO's (grpo's row runs every sampler): on-policy
+# and replayed (off-policy, stored log-probs) samples, and one refusal.
+VARIANTS = {"cispo", "clip_cov", "dapo", "gmpo", "gpg", "grpo_passk", "gspo", "kl_cov", "opo", "reinforce_pp",
+            "reinforce_pp_baseline", "sapo"}
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_every_algorithm_runs_with_every_sampler_or_refuses_naming_both(algorithm, tmp_path):
     supported = SUPPORTED.get(algorithm, {"on_policy", "reference", "stale", "replay", "offline", "uniform"})
-    for sampler in SAMPLERS:
+    for sampler in SAMPLERS if algorithm not in VARIANTS else ["on_policy", "replay", "demonstrations"]:
         overrides = ["task=exact", "model=tabular", f"algorithm={algorithm}", f"sampler={sampler}", "group_size=4",
                      "trainer.max_steps=2", "logger=none", "trainer.enable_progress_bar=false",
                      "trainer.enable_model_summary=false", "sampler.num_groups=8" if sampler == "offline" else "seed=0",
@@ -228,3 +235,65 @@ def test_trl_s_per_step_diagnostics_by_hand(tokenizer):
     metrics = PostTrainingModule._rollout_metrics(stub, rollout)
     assert (metrics["train/response_length"], metrics["train/response_length_min"], metrics["train/response_length_max"]) == (3.25, 2, 4)
     assert metrics["train/truncated_fraction"] == 0.25 and metrics["train/zero_spread_groups"] == 0.5
+
+
+class CountingGenerator(HFGenerator):
+    """Counts every response and token it generates, greedy ones included."""
+
+    def __call__(self, *args, **kwargs):
+        ids, mask = super().__call__(*args, **kwargs)
+        self.responses, self.tokens = getattr(self, "responses", 0) + len(ids), getattr(self, "tokens", 0) + int(mask.sum())
+        return ids, mask
+
+
+def test_greedy_baseline_is_the_greedy_responses_reward_and_its_cost_is_in_the_budget(tokenizer, exact):
+    from training.samplers import OnPolicy
+
+    task, model = exact
+    generator = CountingGenerator(max_new_tokens=task.max_new_tokens)
+    sampler = OnPolicy(tokenizer, task.reward, generator, group_size=4, greedy_baseline=True)
+    sampler.setup(model, None, task)
+    rollout = sampler.sample(task.rows, model)
+    prompt_ids, prompt_mask = rollout.prompt_ids[::4], rollout.prompt_mask[::4]
+    greedy_ids, greedy_mask = HFGenerator(max_new_tokens=task.max_new_tokens)(model, tokenizer, prompt_ids, prompt_mask, greedy=True)
+    greedy_text = tokenizer.batch_decode(greedy_ids * greedy_mask, skip_special_tokens=True)
+    expected = torch.tensor(task.reward(greedy_text, task.rows)).repeat_interleave(4)
+    assert torch.equal(rollout.greedy_rewards, expected.float())
+    budget = Budget()
+    budget.add(rollout)
+    assert (budget.responses_generated, budget.tokens_generated) == (generator.responses, generator.tokens) == (
+        3 * 4 + 3, int(rollout.response_mask.sum()) + int(greedy_mask.sum()))
+    assert budget.prompts_seen == 3
+
+
+def test_dynamic_sampling_keeps_only_groups_with_spread_and_counts_every_draw(tokenizer, exact):
+    """DAPO's dynamic sampling: a prompt whose rewards are all equal is replaced by fresh prompts
+    from the training set; everything generated is in the budget; at the cap the batch is filled
+    with dropped groups and the shortfall reported."""
+    from training.samplers import OnPolicy
+
+    task, model = exact
+    flat = lambda completions, rows: [0.0 if row["index"] == 0 else task.reward([c], [row])[0] for c, row in zip(completions, rows)]
+    generator = CountingGenerator(max_new_tokens=task.max_new_tokens)
+    sampler = OnPolicy(tokenizer, flat, generator, group_size=4, dynamic_sampling=True, max_extra_batches=5)
+    sampler.setup(model, None, task)
+    torch.manual_seed(0)
+    rollout = sampler.sample(task.rows[:2], model)  # prompt 0 never has spread
+    grouped = rollout.rewards.view(-1, 4)
+    assert rollout.num_groups == 2 and sampler.shortfall == 0
+    assert (grouped.max(1).values > grouped.min(1).values).all()
+    assert all(prompt != task.rows[0]["prompt"] for prompt in rollout.prompts)
+    budget = Budget()
+    budget.add(rollout)
+    assert generator.responses > 8  # it drew more than one batch
+    assert (budget.responses_generated, budget.tokens_generated) == (generator.responses, generator.tokens)
+    assert budget.prompts_seen * 4 == generator.responses
+    # every prompt flat: the cap is reached, the batch is the dropped groups, the shortfall is all of it
+    never = OnPolicy(tokenizer, lambda c, rows: [0.0] * len(c), CountingGenerator(max_new_tokens=task.max_new_tokens),
+                     group_size=4, dynamic_sampling=True, max_extra_batches=2)
+    never.setup(model, None, task)
+    capped = never.sample(task.rows[:2], model)
+    assert capped.num_groups == 2 and never.shortfall == 2 and never.generator.responses == 3 * 8
+    budget = Budget()
+    budget.add(capped)
+    assert budget.responses_generated == 24 and budget.prompts_seen == 6

@@ -77,6 +77,8 @@ def build_module(cfg, algorithm, task, model_name: str = "this model"):
     generator = instantiate(cfg.generation)
     sampler = build(cfg.sampler, _partial_=True)(tokenizer=tokenizer, reward_fn=task.reward, generator=generator)
     sampler.on_reward_failure = cfg.reward_on_failure
+    if getattr(algorithm, "baseline", None) == "greedy":  # ReMax: a greedy response per prompt, in the budget
+        sampler.greedy_baseline = True
     wants_reference = algorithm.needs_reference or sampler.needs_reference or cfg.module.kl_diagnostic
     reference = reference_for(policy) if wants_reference else None
     sampler.setup(policy, reference, task)

@@ -206,6 +206,10 @@ def check_config(cfg, choices: dict, defaults=None) -> object:
     if sampler.source not in sources:
         raise ConfigError(f"algorithm={choices['algorithm']} cannot train on sampler={choices['sampler']} "
                           f"({sampler.source} responses); it needs {' or '.join(sources)} responses")
+    if cfg.algorithm.get("baseline") == "greedy" and not hasattr(sampler, "greedy_baseline"):
+        raise ConfigError(f"algorithm={choices['algorithm']} cannot train on sampler={choices['sampler']}: its baseline is "
+                          "the reward of a greedy response per prompt, which this sampler cannot decode; use on_policy, "
+                          "stale, reference or replay")
     if sampler.needs_enumerable_task and not getattr(get_class(cfg.task._target_), "enumerable", False):
         raise ConfigError(f"sampler={choices['sampler']} needs an enumerable task (task=exact), got task={choices['task']}")
     if cfg.algorithm.get("supervision") == "process":

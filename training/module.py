@@ -57,10 +57,13 @@ class Budget:
 
     def add(self, rollout: Rollout) -> None:
         """Count a batch, on every rank (data parallelism: the sums over ranks); only its freshly
-        generated groups cost generation and reward calls."""
+        generated groups cost generation and reward calls, and so do the responses generated for it
+        that it does not hold (greedy baselines, groups dynamic sampling dropped)."""
         groups = rollout.num_groups if rollout.generated_groups is None else rollout.generated_groups
         rows = groups * rollout.group_size
-        counts = torch.tensor([rollout.num_groups, rows, int(rollout.response_mask[:rows].sum())], dtype=torch.float64)
+        extra_prompts, extra_rows, extra_tokens = rollout.extra_generated  # generated, scored and not trained on
+        counts = torch.tensor([rollout.num_groups + extra_prompts, rows + extra_rows, int(rollout.response_mask[:rows].sum()) + extra_tokens],
+                              dtype=torch.float64)
         prompts, rows, tokens = (int(count) for count in parallel.all_sum(counts))
         self.prompts_seen += prompts
         self.responses_generated += rows
@@ -292,6 +295,10 @@ class PostTrainingModule(L.LightningModule):
             metrics["train/sampler_staleness"] = float(self.sampler.generator.staleness)
         if self.sampler.on_reward_failure is not None:
             metrics["train/reward_failures"] = float(self.sampler.reward_failures)
+        if getattr(self.sampler, "dynamic_sampling", False):  # groups with no spread dynamic sampling could not replace
+            metrics["train/dynamic_shortfall"] = float(self.sampler.shortfall)
+        if rollout.greedy_rewards is not None:  # the greedy response's reward (ReMax's baseline)
+            metrics["train/greedy_reward"] = rollout.greedy_rewards.mean().item()
         if rollout.ref_logprobs is not None:
             # k1 estimate of KL(pi_sampler || pi_ref) per response, on the sampled responses
             log_ratio = sequence_logprobs(rollout.sampler_logprobs, mask) - sequence_logprobs(rollout.ref_logprobs, mask)

@@ -23,6 +23,9 @@ class Rollout:
     step_rewards: Tensor | None = None  # (B, T) process supervision: a step's reward at its last token
     step_mask: Tensor | None = None  # (B, T) 1 at the last token of each step
     generated_groups: int | None = None  # groups sampled for this batch (the first ones); None: all
+    greedy_rewards: Tensor | None = None  # (B,) the reward of the row's prompt's greedy response (sampler.greedy_baseline)
+    extra_generated: tuple[int, int, int] = (0, 0, 0)  # (prompts, responses, tokens) drawn and generated for this
+    #                                  batch but not in it: greedy baselines, groups dynamic sampling dropped
     extras: dict[str, Tensor] = field(default_factory=dict)  # (B, ...) each, set by algorithm.prepare
     reward_terms: dict[str, Tensor] = field(default_factory=dict)  # (B,) each: named terms of the reward, the
     #                                                                 first one the correctness score
@@ -98,6 +101,8 @@ def concat(parts: list[Rollout]) -> Rollout:
         prompt_ids=stack("prompt_ids", prompt_len, left=True), prompt_mask=stack("prompt_mask", prompt_len, left=True),
         response_ids=stack("response_ids", response_len, left=False), response_mask=stack("response_mask", response_len, left=False),
         rewards=torch.cat([part.rewards for part in parts]), group_size=first.group_size,
+        greedy_rewards=None if any(part.greedy_rewards is None for part in parts) else torch.cat([part.greedy_rewards for part in parts]),
+        extra_generated=tuple(sum(part.extra_generated[i] for part in parts) for i in range(3)),
         reward_terms={name: torch.cat([part.reward_terms[name] for part in parts]) for name in first.reward_terms},
         sampler_logprobs=stack("sampler_logprobs", response_len, left=False),
         step_rewards=stack("step_rewards", response_len, left=False), step_mask=stack("step_mask", response_len, left=False),

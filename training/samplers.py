@@ -78,12 +78,61 @@ def step_reward_tensors(tokenizer, reward_fn, completions, rows, response_ids, r
 
 
 class OnPolicy(Sampler):
-    """k responses per prompt from the current policy (temperature and top-p from the generator)."""
+    """k responses per prompt from the current policy (temperature and top-p from the generator).
+
+    Two options any generating sampler has (both counted in budget/: prompts, responses, tokens):
+      greedy_baseline   also decode one greedy response per prompt and score it: the baseline of
+                        ReMax (Li et al. 2023), rollout.greedy_rewards (B,); turned on by an algorithm
+                        whose baseline is greedy (training/assemble.py), not a config key
+      dynamic_sampling  DAPO's dynamic sampling (Yu et al. 2025, section 3.2): drop the groups whose
+                        rewards are all equal (no advantage under a group baseline) and draw fresh
+                        groups, on prompts drawn from the training set with torch's RNG (seeded by
+                        the run's seed, checkpointed with it), until the batch is full again; at most `max_extra_batches` extra batches
+                        of prompts per step. Departure: DAPO stops the run when its cap is reached;
+                        here the batch is filled with dropped groups (what no dynamic sampling trains
+                        on) and train/dynamic_shortfall says how many groups that was.
+    """
 
     provides_step_rewards = True
 
+    def __init__(self, tokenizer, reward_fn, generator=None, group_size: int = 1, greedy_baseline: bool = False,
+                 dynamic_sampling: bool = False, max_extra_batches: int = 3):
+        super().__init__(tokenizer, reward_fn, generator, group_size)
+        if dynamic_sampling and max_extra_batches < 0:
+            raise ConfigError(f"sampler.max_extra_batches={max_extra_batches} is not allowed: it must be >= 0")
+        self.greedy_baseline, self.dynamic_sampling, self.max_extra_batches = greedy_baseline, dynamic_sampling, max_extra_batches
+        self.shortfall = 0  # groups of the last batch that dynamic sampling could not replace
+
+    def setup(self, policy, reference, task) -> None:
+        self.pool = task.train_dataset() if self.dynamic_sampling else None
+
     def sample(self, rows: list[dict], policy) -> Rollout:
-        return self._generate(rows, policy, with_logprobs=False)
+        return self._collect(rows, lambda part: self._generate(part, policy, with_logprobs=False))
+
+    def _collect(self, rows: list[dict], draw) -> Rollout:
+        """draw(rows) -> Rollout, with DAPO's dynamic sampling when it is on."""
+        batch = draw(rows)
+        if not self.dynamic_sampling:
+            return batch
+        kept, dropped, extra_batches, greedy = [], [], 0, [0, 0, 0]
+        while True:
+            greedy = [total + part for total, part in zip(greedy, batch.extra_generated)]  # greedy baselines' cost
+            rewards = batch.rewards.view(-1, self.group_size)
+            informative = rewards.max(1).values != rewards.min(1).values
+            kept.append(batch.select_groups(informative.nonzero().squeeze(1)))
+            dropped.append(batch.select_groups((~informative).nonzero().squeeze(1)))
+            if sum(part.num_groups for part in kept) >= len(rows) or extra_batches == self.max_extra_batches:
+                break
+            fresh = torch.randperm(len(self.pool))[: len(rows)].tolist()  # a fresh batch of prompts
+            batch, extra_batches = draw([self.pool[i] for i in fresh]), extra_batches + 1
+        full = concat([part for part in kept + dropped if part.num_groups])
+        self.shortfall = max(0, len(rows) - sum(part.num_groups for part in kept))
+        out = full.select_groups(torch.arange(len(rows), device=full.rewards.device))
+        left = full.select_groups(torch.arange(len(rows), full.num_groups, device=full.rewards.device))
+        # what was generated and scored for this batch but is not in it costs as much as what is
+        out.extra_generated = (left.num_groups + greedy[0], int(left.rewards.numel()) + greedy[1],
+                               int(left.response_mask.sum()) + greedy[2])
+        return out
 
     @torch.no_grad()
     def _generate(self, rows: list[dict], model, with_logprobs: bool) -> Rollout:
@@ -103,7 +152,20 @@ class OnPolicy(Sampler):
             repeated = [row for row in rows for _ in range(self.group_size)]
             rollout.step_rewards, rollout.step_mask = step_reward_tensors(
                 self.tokenizer, self.reward_fn, completions, repeated, response_ids, response_mask)
+        if self.greedy_baseline:
+            rollout.greedy_rewards, tokens = self._greedy_rewards(rows, model, prompt_ids[:: self.group_size],
+                                                                  prompt_mask[:: self.group_size])
+            rollout.extra_generated = (0, len(rows), tokens)
         return rollout
+
+    def _greedy_rewards(self, rows: list[dict], model, prompt_ids, prompt_mask) -> tuple[torch.Tensor, int]:
+        """The reward of each prompt's greedy response, repeated for its group (B,), and its tokens."""
+        response_ids, response_mask = self.generator(model, self.tokenizer, prompt_ids, prompt_mask, greedy=True)
+        completions = self.tokenizer.batch_decode(response_ids * response_mask, skip_special_tokens=True)
+        rewards, _, failures = score(self.reward_fn, completions, rows, self.on_reward_failure)
+        self.reward_failures += failures
+        greedy = torch.tensor(rewards, dtype=torch.float32, device=prompt_ids.device)
+        return greedy.repeat_interleave(self.group_size), int(response_mask.sum())
 
 
 class Reference(OnPolicy):
@@ -112,11 +174,12 @@ class Reference(OnPolicy):
     needs_reference = True
 
     def setup(self, policy, reference, task) -> None:
+        super().setup(policy, reference, task)
         self.reference = reference
 
     def sample(self, rows: list[dict], policy) -> Rollout:
         with self.reference.sampling() as model:
-            rollout = self._generate(rows, model, with_logprobs=True)
+            rollout = self._collect(rows, lambda part: self._generate(part, model, with_logprobs=True))
         rollout.ref_logprobs = rollout.sampler_logprobs  # the sampler is pi_ref: no second forward
         return rollout
 
@@ -124,17 +187,19 @@ class Reference(OnPolicy):
 class Stale(OnPolicy):
     """k responses per prompt from a snapshot of the policy, refreshed every `refresh_every` rollouts."""
 
-    def __init__(self, tokenizer, reward_fn, generator=None, group_size: int = 1, refresh_every: int = 10):
-        super().__init__(tokenizer, reward_fn, generator, group_size)
+    def __init__(self, tokenizer, reward_fn, generator=None, group_size: int = 1, refresh_every: int = 10, **options):
+        super().__init__(tokenizer, reward_fn, generator, group_size, **options)
         self.refresh_every, self.calls = refresh_every, 0
 
     def setup(self, policy, reference, task) -> None:
+        super().setup(policy, reference, task)
         self.model = copy.deepcopy(policy).requires_grad_(False)
 
     def state_dict(self) -> dict:
-        return {"calls": self.calls, "snapshot": self.model.state_dict()}
+        return super().state_dict() | {"calls": self.calls, "snapshot": self.model.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
         self.calls = state["calls"]
         self.model.load_state_dict(state["snapshot"])
 
@@ -142,7 +207,7 @@ class Stale(OnPolicy):
         if self.calls % self.refresh_every == 0:
             self.model.load_state_dict(policy.state_dict())
         self.calls += 1
-        return self._generate(rows, self.model, with_logprobs=True)
+        return self._collect(rows, lambda part: self._generate(part, self.model, with_logprobs=True))
 
 
 class Replay(OnPolicy):
@@ -154,8 +219,8 @@ class Replay(OnPolicy):
     """
 
     def __init__(self, tokenizer, reward_fn, generator=None, group_size: int = 1, replay_ratio: float = 0.5,
-                 capacity: int = 256, seed: int = 0):
-        super().__init__(tokenizer, reward_fn, generator, group_size)
+                 capacity: int = 256, seed: int = 0, greedy_baseline: bool = False):
+        super().__init__(tokenizer, reward_fn, generator, group_size, greedy_baseline=greedy_baseline)
         if not 0 <= replay_ratio < 1:
             raise ConfigError(f"sampler.replay_ratio={replay_ratio} is not allowed: it must be in [0, 1)")
         self.replay_ratio, self.capacity = replay_ratio, capacity
