@@ -62,7 +62,7 @@ class GRPO(PolicyGradient):
         mask, k = rollout.response_mask, rollout.group_size
         kl_tokens = self.kl_rewards(rollout)  # (B, T), 0 unless the KL is in the reward
         if self.supervision == "outcome":
-            rewards = rollout.rewards.to(kl_tokens.dtype)
+            rewards = rollout.rewards.to(torch.promote_types(rollout.rewards.dtype, kl_tokens.dtype))
             if self.kl_credit == "sequence":
                 rewards = rewards + kl_tokens.sum(-1)
             advantages = adv.outcome_advantages(rewards, k, self.baseline, self.advantage_norm, self.std_eps,

@@ -17,9 +17,12 @@ Native loss: -(clipped surrogate) + beta * k (when in the loss), under the aggre
          s_i = exp(mean_t (l - l_old)), clipped per response: J = mean_i min(s_i A_i, clip(s_i) A_i).
          grad s_i = s_i * mean_t grad l, so w[i,t] = A_i * s_i * 1[response not clipped]: the weight of
          every token of a response is the same (with any of ptlab's aggregations, which weigh a
-         response's tokens alike, the surrogate's gradient is the objective's). Compared with TRL's
-         `importance_sampling_level="sequence"` and verl's gspo loss: same ratio (verl's GSPO-token
-         form sg[s_i] * pi/sg[pi] has this gradient too).
+         response's tokens alike, the surrogate's gradient is the objective's). When the advantage varies
+         over a response's tokens (kl_credit=to_go with beta > 0, process supervision, PPO's GAE) the
+         objective is the paper's GSPO-token form (section 4.3): s_it = sg[s_i] * pi_t / sg[pi_t], whose
+         gradient is A_t s_i grad l_t, the same weights, and which equals GSPO when A is constant over the
+         response. Compared with verl's gspo loss (the GSPO-token form) on identical inputs: gradients equal
+         to 1e-9; TRL's `importance_sampling_level="sequence"` takes the same ratio.
   cispo  CISPO (MiniMax-M1, Chen et al. 2025, Eq. 4-5): J = sum sg(clip(r, 1-eps_low, 1+eps_high)) A log pi,
          so w = A * clip(r) on every token: no token's gradient is dropped, the ratio is only capped.
          clip_eps null: no lower bound (as the paper); clip_eps_high caps the weight. As verl's and
@@ -28,7 +31,9 @@ Native loss: -(clipped surrogate) + beta * k (when in the loss), under the aggre
          J = mean_i A_i * exp(mean_t sgn(A_i) min(sgn(A_i) log r, sgn(A_i) clip(log r, -eps, eps_high))),
          clipped in log space (clip_eps and clip_eps_high are log-ratio bounds: the paper's (e^-0.4, e^0.4)
          is 0.4 / 0.4). grad = A_i G_i mean_t 1[t not clipped] grad l, so w[i,t] = A_i G_i 1[t not clipped],
-         G_i the response's clipped geometric-mean ratio. As verl's gmpo loss (its advantage: the token mean).
+         G_i the response's clipped geometric-mean ratio. A_i is the mean of the advantage over the
+         response's tokens (the paper's is per response; when it varies over the tokens this is what
+         verl's geo_mean loss does; compared on identical inputs: gradients equal to 1e-9).
   sapo   SAPO (Gao et al. 2025, arXiv 2511.20347): a smooth gate instead of the hard clip, per token,
          J = f(r) A with f(r) = sigmoid(tau (r - 1)) * 4 / tau, tau = tau_pos where A > 0 else tau_neg.
          grad f(r) = 4 sigma (1 - sigma) r grad l, so w = A * r * 4 sigma(tau (r - 1)) (1 - sigma(...)):
@@ -124,7 +129,7 @@ class PolicyGradient(Algorithm):
 
     def _geometric(self, logprobs: Tensor, rollout) -> tuple[Tensor, Tensor]:
         """GMPO: (G_i on every token (B, T), tokens clipped (B, T)); log-space clipping by advantage sign."""
-        mask, advantages = rollout.response_mask, rollout.extras["advantages"]
+        mask, advantages = rollout.response_mask, self._response_mean(rollout)
         old = self._old(logprobs, rollout)
         log_ratio = logprobs - old
         sign = torch.where(advantages < 0, -1.0, 1.0).to(log_ratio.dtype)
@@ -134,6 +139,13 @@ class PolicyGradient(Algorithm):
         clipped = (kept != log_ratio) & mask.bool()
         mean = (kept * mask).sum(-1) / mask.sum(-1).clamp(min=1)
         return torch.exp(mean).unsqueeze(-1).expand_as(logprobs), clipped
+
+    @staticmethod
+    def _response_mean(rollout) -> Tensor:
+        """The advantage's mean over each response's tokens, on every token (B, T) (GMPO's A_i)."""
+        mask, advantages = rollout.response_mask, rollout.extras["advantages"]
+        mean = (advantages * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+        return mean.unsqueeze(-1).expand_as(advantages) * mask
 
     def _gate(self, ratio: Tensor, advantages: Tensor) -> tuple[Tensor, Tensor]:
         """SAPO: (f(r), f'(r)) per token, f(r) = sigmoid(tau (r - 1)) * 4 / tau, tau by the advantage's sign."""
@@ -166,7 +178,7 @@ class PolicyGradient(Algorithm):
         mask, advantages = rollout.response_mask, rollout.extras["advantages"]
         if self.policy_loss == "gmpo":
             geometric, clipped = self._geometric(logprobs, rollout)
-            weights = advantages * geometric * (~clipped)
+            weights = self._response_mean(rollout) * geometric * (~clipped)
         elif self.policy_loss == "cispo":
             ratio = self._ratio(logprobs, rollout)
             capped = self._capped(ratio)
@@ -197,7 +209,7 @@ class PolicyGradient(Algorithm):
     def objective(self, logprobs: Tensor, rollout) -> Tensor:
         advantages = rollout.extras["advantages"]
         if self.policy_loss == "gmpo":  # -A_i G_i on every token: its response-mean is -A_i G_i
-            loss = -advantages * self._geometric(logprobs, rollout)[0]
+            loss = -self._response_mean(rollout) * self._geometric(logprobs, rollout)[0]
         elif self.policy_loss == "cispo":  # sg(clip(r)) * A * log pi
             loss = -self._capped(self._ratio(logprobs, rollout)).detach() * advantages * logprobs
         elif self.policy_loss == "sapo":
@@ -207,8 +219,9 @@ class PolicyGradient(Algorithm):
         elif self.policy_loss == "kl_cov":  # the tokens of the last weights() call
             log_ratio = logprobs - self._old(logprobs, rollout)
             loss = -torch.exp(log_ratio) * advantages + self.kl_coef * log_ratio.abs() * self.selected
-        else:
-            ratio = self._sequence_ratio(logprobs, rollout) if self.policy_loss == "gspo" else self._ratio(logprobs, rollout)
+        else:  # GSPO-token: sg[s_i] * pi_t / sg[pi_t], equal to s_i, with the gradient s_i grad l_t
+            ratio = (self._sequence_ratio(logprobs, rollout).detach() * torch.exp(logprobs - logprobs.detach())
+                     if self.policy_loss == "gspo" else self._ratio(logprobs, rollout))
             surrogate = ratio * advantages
             if self.clip_low is not None:
                 surrogate = torch.minimum(surrogate, ratio.clamp(1 - self.clip_low, 1 + self.clip_high) * advantages)

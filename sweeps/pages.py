@@ -34,7 +34,7 @@ LOCAL_KEYS = ("cache_dir", "warmstart.cache_dir", "sampler.cache_dir", "model.mo
 # changes nothing without mixed precision): left out of the hash, and of the comparison with a run
 # that predates them, while they hold that value.
 NEUTRAL = {"cache_evaluation": True, "generation.autocast": None, "reward": None,
-           "sampler.dynamic_sampling": False, "sampler.max_extra_batches": 3}
+           "sampler.dynamic_sampling": False, "sampler.max_extra_batches": 3, "module.overlong_filter": False}
 # Keys that only say how often a run reports (rows, progress lines), never what it computes, and whose
 # shipped defaults changed after pages were generated: hashed at the default they had then unless the
 # experiment sets them itself, and not compared with a job's config.yaml.

@@ -244,3 +244,18 @@ def test_kl_cov_penalises_the_top_covariance_tokens_with_the_absolute_log_ratio(
     objective = ((-torch.exp(log_ratio) * advantages + 0.5 * log_ratio.abs() * top) * mask).sum() / mask.sum()
     g_native = grads(model, objective)
     assert g_native.abs().max() > 1e-4 and torch.allclose(g_surrogate, g_native, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("policy_loss", ["ppo", "gspo", "cispo", "gmpo", "sapo", "gpg", "clip_cov", "kl_cov"])
+def test_every_policy_loss_keeps_its_objectives_gradient_when_the_advantage_varies_over_the_tokens(model, policy_loss):
+    """With the KL credited to go (REINFORCE++, ReMax) each token has its own advantage: the weights
+    must still be the gradient of the objective (GSPO: its GSPO-token form; GMPO: the response's mean
+    advantage, as verl's geo_mean)."""
+    rollout = scored_rollout(model, REWARDS, 4, LENGTHS, sampler_shift=0.5)
+    algorithm = GRPO(beta=0.5, group_size=4, policy_loss=policy_loss, kl_placement="reward", kl_estimator="k1",
+                     kl_credit="to_go", advantage_norm="none", clip_eps=0.2, cov_fraction=0.2, cov_low=-9.0, cov_high=9.0)
+    algorithm.prepare(rollout)
+    advantages, mask = rollout.extras["advantages"], rollout.response_mask.bool()
+    assert any(len(set(row[m].tolist())) > 1 for row, m in zip(advantages, mask))  # varies within a response
+    torch.manual_seed(0)
+    assert_same_gradient(model, algorithm, rollout)

@@ -83,7 +83,7 @@ def test_grpo_with_to_go_kl_credit_and_token_whitening_is_reinforce_plus_plus():
     algorithm.prepare(rollout)
     # k1 per token: (0.5, 0, -0.5) and (-1); -beta * k: (-0.1, 0, 0.1), (0.2); returns to go: (1.0, 1.1, 1.1), (0.2)
     returns = torch.tensor([[1.0, 1.1, 1.1], [0.2, 0.0, 0.0]])
-    assert torch.allclose(rollout.extras["advantages"], adv.whiten_tokens(returns, rollout.response_mask, 0.0))
+    assert torch.allclose(rollout.extras["advantages"].double(), adv.whiten_tokens(returns, rollout.response_mask, 0.0).double())
     with pytest.raises(Exception, match="kl_credit=to_go"):
         GRPO(beta=0.2, group_size=2, kl_credit="to_go", advantage_norm="group")
 

@@ -1,5 +1,6 @@
 """Samplers: whose log-probs a rollout carries, refresh, replay, offline reuse, uniform; and every
 algorithm with every sampler on the exact task."""
+import copy
 import math
 
 import pytest
@@ -297,3 +298,53 @@ def test_dynamic_sampling_keeps_only_groups_with_spread_and_counts_every_draw(to
     budget = Budget()
     budget.add(capped)
     assert budget.responses_generated == 24 and budget.prompts_seen == 6
+
+
+def test_soft_overlong_punishment_by_hand_and_rows_carry_the_response_lengths(tokenizer, exact):
+    from rewards.length import SoftOverlong, Truncated
+    from training.samplers import OnPolicy
+
+    rows = [{"response_tokens": n, "truncated": n == 10} for n in (6, 8, 10, 11)]
+    # DAPO Eq. 13 with L_max 10, L_cache 4: free up to 6, then (6 - n) / 4, -1 beyond 10
+    assert SoftOverlong(max_tokens=10, cache_tokens=4)(["x"] * 4, rows) == [0.0, -0.5, -1.0, -1.0]
+    assert Truncated()(["x"] * 4, rows) == [0.0, 0.0, -1.0, 0.0]
+    with pytest.raises(ConfigError, match="needs each response's length in tokens"):
+        SoftOverlong(10, 4)(["x"], [{"prompt": "p"}])
+    task, model = exact
+    seen = []
+    reward = lambda completions, rows: seen.extend(rows) or [0.0] * len(completions)
+    sampler = OnPolicy(tokenizer, reward, HFGenerator(max_new_tokens=task.max_new_tokens), group_size=4)
+    sampler.setup(model, None, task)
+    rollout = sampler.sample(task.rows, model)
+    lengths = rollout.response_mask.sum(-1).tolist()
+    assert [row["response_tokens"] for row in seen] == lengths
+    ends = [rollout.response_ids[i, n - 1].item() == tokenizer.eos_token_id for i, n in enumerate(lengths)]
+    assert [row["truncated"] for row in seen] == [not end for end in ends] and any(ends)
+
+
+def test_overlong_filter_zeroes_the_gradient_of_truncated_responses_only(tokenizer):
+    from algorithms.grpo import GRPO
+    from tests.conftest import tiny_lm
+    from training.module import PostTrainingModule
+
+    policy = tiny_lm(tokenizer)
+    rollout = rollout_from_lists([1.0, 0.0, 0.5, 0.0], group_size=4, lengths=[3, 2, 4, 4], prompt_len=3)
+    eos = tokenizer.eos_token_id
+    for i, n in enumerate([3, 2, 4]):  # rows 0-2 end with eos; row 3 was cut at the budget
+        rollout.response_ids[i, n - 1] = eos
+
+    def gradient(overlong_filter, rows):
+        module = PostTrainingModule(policy=policy, tokenizer=tokenizer, algorithm=GRPO(beta=0.0, group_size=4),
+                                    sampler=None, reference=None, optimizer=None, overlong_filter=overlong_filter)
+        batch = copy.copy(rollout)
+        module.algorithm.prepare(batch)
+        batch.extras = {"advantages": batch.extras["advantages"] * torch.tensor(rows).unsqueeze(-1)}
+        batch.sampler_logprobs = None
+        policy.zero_grad()
+        module._loss(batch)[0].backward()
+        return torch.cat([p.grad.flatten() for p in policy.parameters()])
+
+    filtered = gradient(True, [1.0, 1.0, 1.0, 1.0])
+    assert filtered.abs().max() > 1e-4
+    assert torch.allclose(filtered, gradient(False, [1.0, 1.0, 1.0, 0.0]), atol=1e-10)  # row 3's weight removed
+    assert not torch.allclose(filtered, gradient(False, [1.0, 1.0, 1.0, 1.0]), atol=1e-6)

@@ -11,7 +11,7 @@ import parallel
 from models.lm import token_logprobs
 from rewards import score
 from storage import write_atomically
-from training.rollout import encode_prompts
+from training.rollout import encode_prompts, with_lengths
 
 
 class HeldOutEvaluation:
@@ -39,14 +39,16 @@ class HeldOutEvaluation:
     def _answers(self, policy, rows: list[dict], greedy: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
         """Rewards (N,), reward terms and correctness (N,) of one answer per row."""
         device = next(policy.parameters()).device
-        completions, kind = [], "greedy" if greedy else "sampled"
+        completions, kind, scored = [], "greedy" if greedy else "sampled", []
         for start in range(0, len(rows), self.batch_size):
             self.progress = f"{kind} answers {start}-{min(start + self.batch_size, len(rows))} of {len(rows)}"  # heartbeat
             prompt_ids, prompt_mask = encode_prompts(self.tokenizer, [row["prompt"] for row in rows[start : start + self.batch_size]])
             response_ids, response_mask = self.generator(policy, self.tokenizer, prompt_ids.to(device),
                                                          prompt_mask.to(device), greedy=greedy)
             completions += self.tokenizer.batch_decode(response_ids * response_mask, skip_special_tokens=True)
-        total, terms, _ = score(self.reward_fn, completions, rows, self.on_reward_failure)
+            scored += with_lengths(rows[start : start + self.batch_size], response_ids.cpu(), response_mask.cpu(),
+                                   getattr(self.tokenizer, "eos_token_id", None))
+        total, terms, _ = score(self.reward_fn, completions, scored, self.on_reward_failure)
         rewards, terms = torch.tensor(total), {name: torch.tensor(values) for name, values in terms.items()}
         return rewards, terms, next(iter(terms.values()), rewards) == 1
 

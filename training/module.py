@@ -27,7 +27,7 @@ import parallel
 from algorithms.base import aggregate, sequence_logprobs
 from models.lm import token_logprobs
 from schema import ConfigError, RunStopped
-from training.rollout import Rollout
+from training.rollout import Rollout, truncated
 
 
 def weighted_log_likelihood_loss(logprobs: Tensor, weights: Tensor, mask: Tensor, loss_agg: str, group_size: int,
@@ -92,7 +92,8 @@ class PostTrainingModule(L.LightningModule):
     def __init__(self, policy, tokenizer, algorithm, sampler, reference, optimizer, evaluator=None, scheduler=None,
                  update_epochs: int = 1, minibatches: int = 1, max_grad_norm: float | None = 1.0,
                  entropy_coef: float = 0.0, kl_diagnostic: bool = True, norm_length: int | None = None,
-                 critic=None, accumulate_grad_batches: int = 1, max_nonfinite_steps: int = 3, length_buckets: int = 1):
+                 critic=None, accumulate_grad_batches: int = 1, max_nonfinite_steps: int = 3, length_buckets: int = 1,
+                 overlong_filter: bool = False):
         super().__init__()
         self.automatic_optimization = False
         self.policy, self.reference = policy.train(), reference  # reference may be None (e.g. SFT)
@@ -104,6 +105,9 @@ class PostTrainingModule(L.LightningModule):
         self.update_epochs, self.minibatches, self.max_grad_norm = update_epochs, minibatches, max_grad_norm
         self.entropy_coef, self.kl_diagnostic = entropy_coef, kl_diagnostic and reference is not None
         self.norm_length = norm_length  # constant length of the seq-mean-token-sum-norm aggregation
+        # DAPO's overlong filtering (Yu et al. 2025, section 3.4): a response the generation budget cut
+        # gets weight 0 (it still counts in its group's statistics and in the aggregation's denominator)
+        self.overlong_filter = overlong_filter
         self.budget = Budget()
         self.max_nonfinite_steps, self.nonfinite_in_a_row = max_nonfinite_steps, 0  # rollouts whose every update was skipped
         self.nonfinite: str | None = None  # what was not finite in the last skipped update
@@ -250,6 +254,8 @@ class PostTrainingModule(L.LightningModule):
         if batch.sampler_logprobs is None:  # on-policy, single update: the current policy sampled
             batch.sampler_logprobs = logprobs.detach()
         weights, algo_metrics = self.algorithm.weights(logprobs.detach(), batch)
+        if self.overlong_filter:
+            weights = weights * ~truncated(batch.response_ids, batch.response_mask, self.tokenizer.eos_token_id).unsqueeze(-1)
         self.nonfinite = next((name for name, value in (("log-probs", logprobs), ("weights", weights))
                                if not torch.isfinite(value.detach()[batch.response_mask.bool()]).all()), None)
         mask, agg = batch.response_mask, self.algorithm.loss_agg
@@ -275,9 +281,7 @@ class PostTrainingModule(L.LightningModule):
         rewards, mask = rollout.rewards, rollout.response_mask
         grouped = rewards.view(-1, rollout.group_size)
         lengths = mask.sum(-1)
-        last = rollout.response_ids.gather(1, (lengths - 1).clamp(min=0).unsqueeze(1)).squeeze(1)
-        eos = getattr(self.tokenizer, "eos_token_id", None)
-        truncated = (last != eos) & (lengths > 0) if eos is not None else torch.zeros_like(lengths, dtype=torch.bool)
+        cut = truncated(rollout.response_ids, mask, getattr(self.tokenizer, "eos_token_id", None))
         metrics = {
             "train/reward": rewards.mean().item(),
             "train/accuracy": rollout.correct.float().mean().item(),
@@ -286,7 +290,7 @@ class PostTrainingModule(L.LightningModule):
             "train/response_length_min": lengths.min().item(),  # TRL: completions/min_length
             "train/response_length_max": lengths.max().item(),  # TRL: completions/max_length
             # responses cut by the generation budget, no eos (TRL: completions/clipped_ratio)
-            "train/truncated_fraction": truncated.float().mean().item(),
+            "train/truncated_fraction": cut.float().mean().item(),
             # groups whose responses all scored the same: no learning signal for group baselines
             "train/zero_spread_groups": (grouped.max(1).values == grouped.min(1).values).float().mean().item(),  # TRL:
             #                                                                          frac_reward_zero_std

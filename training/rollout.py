@@ -111,6 +111,22 @@ def concat(parts: list[Rollout]) -> Rollout:
     )
 
 
+def truncated(response_ids: Tensor, response_mask: Tensor, eos_token_id: int | None) -> Tensor:
+    """(B,) bool: the response was cut by the generation budget (its last token is not <eos>)."""
+    lengths = response_mask.sum(-1)
+    if eos_token_id is None:
+        return torch.zeros_like(lengths, dtype=torch.bool)
+    last = response_ids.gather(1, (lengths - 1).clamp(min=0).unsqueeze(1)).squeeze(1)
+    return (last != eos_token_id) & (lengths > 0)
+
+
+def with_lengths(rows: list[dict], response_ids: Tensor, response_mask: Tensor, eos_token_id: int | None) -> list[dict]:
+    """The rows with two fields a reward may read: `response_tokens` (the response's length in tokens)
+    and `truncated` (cut by the generation budget); e.g. rewards/length.py."""
+    lengths, cut = response_mask.sum(-1).tolist(), truncated(response_ids, response_mask, eos_token_id).tolist()
+    return [dict(row, response_tokens=int(n), truncated=bool(c)) for row, n, c in zip(rows, lengths, cut)]
+
+
 def encode_prompts(tokenizer, prompts: list[str]) -> tuple[Tensor, Tensor]:
     """Left-padded prompt ids and mask, (B, P) each."""
     encoded = tokenizer(prompts, padding=True, return_tensors="pt")

@@ -16,7 +16,7 @@ import torch
 from schema import ConfigError
 from models.lm import token_logprobs
 from rewards import score
-from training.rollout import Rollout, concat, encode_prompts, encode_responses
+from training.rollout import Rollout, concat, encode_prompts, encode_responses, with_lengths
 
 
 class Sampler:
@@ -46,9 +46,13 @@ class Sampler:
     def sample(self, rows: list[dict], policy) -> Rollout:
         raise NotImplementedError
 
-    def _score(self, rows: list[dict], completions: list[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Rewards (B,) and their named terms, rows[g] repeated for its group."""
+    def _score(self, rows: list[dict], completions: list[str], response_ids=None, response_mask=None
+               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Rewards (B,) and their named terms, rows[g] repeated for its group; given the responses' ids,
+        each row also carries its response's length and whether it was cut (rollout.with_lengths)."""
         repeated = [row for row in rows for _ in range(self.group_size)]
+        if response_ids is not None:
+            repeated = with_lengths(repeated, response_ids, response_mask, getattr(self.tokenizer, "eos_token_id", None))
         total, terms, self.reward_failures = score(self.reward_fn, completions, repeated, self.on_reward_failure)
         as_tensor = lambda values: torch.tensor(values, dtype=torch.float32)
         return as_tensor(total), {name: as_tensor(values) for name, values in terms.items()}
@@ -58,7 +62,7 @@ class Sampler:
         prompts = [row["prompt"] for row in rows for _ in range(self.group_size)]
         prompt_ids, prompt_mask = encode_prompts(self.tokenizer, prompts)
         response_ids, response_mask = encode_responses(self.tokenizer, responses, max_tokens)
-        rewards, terms = self._score(rows, responses)
+        rewards, terms = self._score(rows, responses, response_ids, response_mask)
         return Rollout(prompt_ids, prompt_mask, response_ids, response_mask, rewards, self.group_size,
                        reward_terms=terms, prompts=prompts, completions=responses)
 
@@ -84,11 +88,14 @@ class OnPolicy(Sampler):
       greedy_baseline   also decode one greedy response per prompt and score it: the baseline of
                         ReMax (Li et al. 2023), rollout.greedy_rewards (B,); turned on by an algorithm
                         whose baseline is greedy (training/assemble.py), not a config key
-      dynamic_sampling  DAPO's dynamic sampling (Yu et al. 2025, section 3.2): drop the groups whose
-                        rewards are all equal (no advantage under a group baseline) and draw fresh
-                        groups, on prompts drawn from the training set with torch's RNG (seeded by
-                        the run's seed, checkpointed with it), until the batch is full again; at most `max_extra_batches` extra batches
-                        of prompts per step. Departure: DAPO stops the run when its cap is reached;
+      dynamic_sampling  DAPO's dynamic sampling (Yu et al. 2025, section 3.2, Eq. 11): drop the groups
+                        whose rewards are all equal (no advantage under a group baseline) and draw
+                        fresh groups, on prompts drawn from the training set with torch's RNG (seeded
+                        by the run's seed, checkpointed with it), until the batch is full again; at
+                        most `max_extra_batches` extra draws per step. Departures: each draw takes
+                        as many prompts as there are places to fill (verl's recipe draws a whole
+                        generation batch each time: on chain_sum that doubled the tokens generated
+                        for about 10% of groups dropped); DAPO stops the run when its cap is reached,
                         here the batch is filled with dropped groups (what no dynamic sampling trains
                         on) and train/dynamic_shortfall says how many groups that was.
     """
@@ -123,7 +130,8 @@ class OnPolicy(Sampler):
             dropped.append(batch.select_groups((~informative).nonzero().squeeze(1)))
             if sum(part.num_groups for part in kept) >= len(rows) or extra_batches == self.max_extra_batches:
                 break
-            fresh = torch.randperm(len(self.pool))[: len(rows)].tolist()  # a fresh batch of prompts
+            missing = len(rows) - sum(part.num_groups for part in kept)
+            fresh = torch.randperm(len(self.pool))[:missing].tolist()  # as many fresh prompts as places to fill
             batch, extra_batches = draw([self.pool[i] for i in fresh]), extra_batches + 1
         full = concat([part for part in kept + dropped if part.num_groups])
         self.shortfall = max(0, len(rows) - sum(part.num_groups for part in kept))
@@ -141,7 +149,7 @@ class OnPolicy(Sampler):
         prompt_ids, prompt_mask = (t.to(device) for t in encode_prompts(self.tokenizer, prompts))
         response_ids, response_mask = self.generator(model, self.tokenizer, prompt_ids, prompt_mask)
         completions = self.tokenizer.batch_decode(response_ids * response_mask, skip_special_tokens=True)
-        rewards, terms = self._score(rows, completions)
+        rewards, terms = self._score(rows, completions, response_ids.cpu(), response_mask.cpu())
         rollout = Rollout(prompt_ids, prompt_mask, response_ids, response_mask, rewards.to(device), self.group_size,
                           reward_terms={name: values.to(device) for name, values in terms.items()},
                           prompts=prompts, completions=completions)
@@ -162,6 +170,7 @@ class OnPolicy(Sampler):
         """The reward of each prompt's greedy response, repeated for its group (B,), and its tokens."""
         response_ids, response_mask = self.generator(model, self.tokenizer, prompt_ids, prompt_mask, greedy=True)
         completions = self.tokenizer.batch_decode(response_ids * response_mask, skip_special_tokens=True)
+        rows = with_lengths(rows, response_ids.cpu(), response_mask.cpu(), self.tokenizer.eos_token_id)
         rewards, _, failures = score(self.reward_fn, completions, rows, self.on_reward_failure)
         self.reward_failures += failures
         greedy = torch.tensor(rewards, dtype=torch.float32, device=prompt_ids.device)
