@@ -33,7 +33,9 @@ Native loss: -(clipped surrogate) + beta * k (when in the loss), under the aggre
          is 0.4 / 0.4). grad = A_i G_i mean_t 1[t not clipped] grad l, so w[i,t] = A_i G_i 1[t not clipped],
          G_i the response's clipped geometric-mean ratio. A_i is the mean of the advantage over the
          response's tokens (the paper's is per response; when it varies over the tokens this is what
-         verl's geo_mean loss does; compared on identical inputs: gradients equal to 1e-9).
+         verl's geo_mean loss does) and so is the clip's sign (verl takes each token's own sign there).
+         Compared with verl's geo_mean on identical inputs: gradients equal to 2e-9 for per-response
+         advantages; with per-token advantages and clipped tokens, 1e-2 apart by that sign.
   sapo   SAPO (Gao et al. 2025, arXiv 2511.20347): a smooth gate instead of the hard clip, per token,
          J = f(r) A with f(r) = sigmoid(tau (r - 1)) * 4 / tau, tau = tau_pos where A > 0 else tau_neg.
          grad f(r) = 4 sigma (1 - sigma) r grad l, so w = A * r * 4 sigma(tau (r - 1)) (1 - sigma(...)):
