@@ -2,6 +2,7 @@
 algorithm with every sampler on the exact task."""
 import copy
 import math
+import json
 
 import pytest
 import torch
@@ -348,3 +349,25 @@ def test_overlong_filter_zeroes_the_gradient_of_truncated_responses_only(tokeniz
     assert filtered.abs().max() > 1e-4
     assert torch.allclose(filtered, gradient(False, [1.0, 1.0, 1.0, 0.0]), atol=1e-10)  # row 3's weight removed
     assert not torch.allclose(filtered, gradient(False, [1.0, 1.0, 1.0, 1.0]), atol=1e-6)
+
+
+def test_the_dapo_reward_in_the_usage_docs_builds_and_scores_length(tmp_path):
+    import re
+    from pathlib import Path
+
+    from omegaconf import OmegaConf, open_dict
+
+    from training.checks import build_task
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "usage.md").read_text()
+    snippet = re.search(r"### DAPO's recipe.*?```yaml\n(.*?)```", text, re.DOTALL).group(1)
+    cfg = compose_config(["task.max_new_tokens=6", "task.train_size=64", "task.val_size=16"], tmp_path)
+    with open_dict(cfg):
+        cfg.merge_with(OmegaConf.create(snippet))
+    task = build_task(cfg)
+    row = task.train_dataset()[0]
+    rows = [dict(row, response_tokens=n, truncated=False) for n in (3, 5, 6)]
+    right, wrong = row["answer"], "no number"
+    # the task's correctness first, then the soft overlong term (L_max 6, L_cache 2): free up to 4 tokens
+    assert task.reward.components([right, right, wrong], rows) == {"correct": [1.0, 1.0, 0.0], "overlong": [0.0, -0.5, -1.0]}
+    assert task.reward([right, right, wrong], rows) == [1.0, 0.5, -1.0]

@@ -132,11 +132,22 @@ def task_spec(cfg) -> dict:
     from rewards.plain import adapt
 
     spec = OmegaConf.to_container(cfg.task, resolve=True)
+    extra_terms = spec.pop("reward_terms", None)
     if cfg.get("reward"):
         if not isinstance(spec.get("reward"), dict):
             raise ConfigError(f"reward={cfg.reward!r} is not allowed with this task: it replaces a text task's reward "
                               f"function, and this task's reward is {spec.get('reward')!r}")
         spec["reward"] = {"_target_": "rewards.plain.Plain", "fn": cfg.reward}
+    if extra_terms:  # task.reward_terms: terms added to the task's reward, which stays the first (correctness) term
+        if not isinstance(spec.get("reward"), dict) or not isinstance(extra_terms, dict):
+            raise ConfigError("task.reward_terms adds {name: {weight, fn}} terms to a text task's reward; got "
+                              f"{extra_terms!r} for a task whose reward is {spec.get('reward')!r}")
+        reward = spec["reward"]
+        if reward.get("_target_") == "rewards.weighted.WeightedSum":
+            reward["terms"] = {**reward["terms"], **extra_terms}
+        else:
+            spec["reward"] = {"_target_": "rewards.weighted.WeightedSum", "terms": {"correct": {"weight": 1.0, "fn": reward},
+                                                                                  **extra_terms}}
     if isinstance(spec.get("reward"), dict):
         spec["reward"] = adapt(spec["reward"])
     return spec
