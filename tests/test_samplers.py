@@ -371,3 +371,19 @@ def test_the_dapo_reward_in_the_usage_docs_builds_and_scores_length(tmp_path):
     # the task's correctness first, then the soft overlong term (L_max 6, L_cache 2): free up to 4 tokens
     assert task.reward.components([right, right, wrong], rows) == {"correct": [1.0, 1.0, 0.0], "overlong": [0.0, -0.5, -1.0]}
     assert task.reward([right, right, wrong], rows) == [1.0, 0.5, -1.0]
+
+
+def test_a_sampler_of_your_own_takes_the_replaced_configs_keys_and_refuses_dynamic_sampling(tokenizer, exact):
+    """A subclass of Sampler named by sampler._target_ gets on_policy's keys (dynamic sampling's off);
+    asking it for dynamic sampling it cannot do is refused naming the key."""
+    from training.samplers import Sampler
+
+    class Mine(Sampler):
+        pass
+
+    task, _ = exact
+    Mine(tokenizer, task.reward, None, group_size=4, dynamic_sampling=False, max_extra_batches=3)
+    with pytest.raises(ConfigError, match="sampler.dynamic_sampling=true is not allowed for Mine"):
+        Mine(tokenizer, task.reward, None, group_size=4, dynamic_sampling=True)
+    with pytest.raises(ConfigError, match="sampler.max_extra_batches=-1"):
+        make(Stale, tokenizer, task, dynamic_sampling=True, max_extra_batches=-1)

@@ -25,9 +25,19 @@ class Sampler:
     needs_enumerable_task = False
     provides_step_rewards = False  # fills rollout.step_rewards when the reward has `steps`
 
-    def __init__(self, tokenizer, reward_fn, generator=None, group_size: int = 1):
+    can_resample = False  # draws fresh groups on prompts of its own (dynamic sampling: OnPolicy below)
+
+    def __init__(self, tokenizer, reward_fn, generator=None, group_size: int = 1, dynamic_sampling: bool = False,
+                 max_extra_batches: int = 3):
         self.tokenizer, self.reward_fn, self.generator = tokenizer, reward_fn, generator
         self.group_size = group_size
+        if dynamic_sampling and not self.can_resample:
+            raise ConfigError(f"sampler.dynamic_sampling=true is not allowed for {type(self).__name__}: it cannot draw "
+                              "fresh groups (on_policy, stale and reference can)")
+        if max_extra_batches < 0:
+            raise ConfigError(f"sampler.max_extra_batches={max_extra_batches} is not allowed: it must be >= 0")
+        self.dynamic_sampling, self.max_extra_batches = dynamic_sampling, max_extra_batches
+        self.shortfall = 0  # groups of the last batch that dynamic sampling could not replace
         self.on_reward_failure: float | None = None  # None: a failing reward function stops the run
         self.reward_failures = 0  # responses scored on_reward_failure in the last batch
 
@@ -101,14 +111,11 @@ class OnPolicy(Sampler):
     """
 
     provides_step_rewards = True
+    can_resample = True
 
-    def __init__(self, tokenizer, reward_fn, generator=None, group_size: int = 1, greedy_baseline: bool = False,
-                 dynamic_sampling: bool = False, max_extra_batches: int = 3):
-        super().__init__(tokenizer, reward_fn, generator, group_size)
-        if dynamic_sampling and max_extra_batches < 0:
-            raise ConfigError(f"sampler.max_extra_batches={max_extra_batches} is not allowed: it must be >= 0")
-        self.greedy_baseline, self.dynamic_sampling, self.max_extra_batches = greedy_baseline, dynamic_sampling, max_extra_batches
-        self.shortfall = 0  # groups of the last batch that dynamic sampling could not replace
+    def __init__(self, tokenizer, reward_fn, generator=None, group_size: int = 1, greedy_baseline: bool = False, **options):
+        super().__init__(tokenizer, reward_fn, generator, group_size, **options)
+        self.greedy_baseline = greedy_baseline
 
     def setup(self, policy, reference, task) -> None:
         self.pool = task.train_dataset() if self.dynamic_sampling else None
@@ -226,6 +233,8 @@ class Replay(OnPolicy):
     go to past groups drawn uniformly from the last `capacity` groups, with the log-probs of the
     policy that sampled them then. Until the buffer holds enough, the batch is all fresh.
     """
+
+    can_resample = False  # its batches mix in stored groups: dynamic sampling is not defined for it
 
     def __init__(self, tokenizer, reward_fn, generator=None, group_size: int = 1, replay_ratio: float = 0.5,
                  capacity: int = 256, seed: int = 0, greedy_baseline: bool = False):
