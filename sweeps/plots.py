@@ -13,22 +13,34 @@ from sweeps.stats import t_interval as mean_ci
 
 
 def line_styles(labels: list[str], colours) -> dict[str, tuple]:
-    """(colour, line style) per configuration label "a=1,b=2": one colour per value of the first
-    override, one line style per value of the others, so a grid of two factors stays legible."""
-    first = sorted({label.split(",")[0] for label in labels}, key=label_key)
-    rest = sorted({",".join(label.split(",")[1:]) for label in labels}, key=label_key)
+    """(colour, line style) per configuration label "a=1,b=2": one colour per value of one factor
+    and one line style per value of the others, so a grid of two factors stays legible. The factor
+    with more values gets the colours (there are 4 line styles and up to 20 colours): by default the
+    first override, unless the others take more values than it (15 algorithms x 2 samplers: colour
+    by algorithm, style by sampler)."""
+    split = [(label.split(",")[0], ",".join(label.split(",")[1:])) for label in labels]
+    first = sorted({a for a, _ in split}, key=label_key)
+    rest = sorted({b for _, b in split}, key=label_key)
+    by_rest = len(rest) > len(first) and len(first) <= 4
     dashes = ["-", "--", ":", "-."]
-    return {label: (colours[first.index(label.split(",")[0]) % len(colours)],
-                    dashes[rest.index(",".join(label.split(",")[1:])) % len(dashes)]) for label in labels}
+    coloured, styled = (rest, first) if by_rest else (first, rest)
+    return {label: (colours[coloured.index(b if by_rest else a) % len(colours)],
+                    dashes[styled.index(a if by_rest else b) % len(dashes)]) for label, (a, b) in zip(labels, split)}
 
 
-def new_figure():
+def palette(plt, labels: list[str]):
+    """tab10, or tab20 when a factor has more than 10 values."""
+    values = max(len({label.split(",")[0] for label in labels}), len({",".join(label.split(",")[1:]) for label in labels}))
+    return plt.cm.tab20.colors if values > 10 else plt.cm.tab10.colors
+
+
+def new_figure(entries: int = 0):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    return plt, *plt.subplots(figsize=(8.5, 4.5))
+    return plt, *plt.subplots(figsize=(8.5, max(4.5, 0.17 * entries)))  # tall enough for its legend
 
 
 def save_figure(plt, figure, axes, xlabel: str, ylabel: str, path: Path, logy: bool) -> Path:
@@ -49,9 +61,9 @@ def plot(runs: list[Run], metric: str, x: str, path: Path, logy: bool = False, g
     gain=True: each run's curve minus its own reference value (`ref/<metric>`), band the 95% t
     interval of the mean gain: where each seed has its own warm start and task draw, the seeds'
     references differ, and the gain is what the claims against the reference compare."""
-    plt, figure, axes = new_figure()
     groups = by_label([run for run in runs if not run.failed])
-    styles = line_styles(list(groups), plt.cm.tab10.colors)
+    plt, figure, axes = new_figure(len(groups))
+    styles = line_styles(list(groups), palette(plt, list(groups)))
     drawn = False
     for label, group in groups.items():
         curves = [(xs, ys - (run.summary.get(f"ref/{metric}") or 0.0) if gain else ys)

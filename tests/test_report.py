@@ -44,6 +44,14 @@ def test_line_styles_give_each_cell_of_a_two_factor_grid_its_own_look():
     assert {styles[f"algorithm={a},sampler=replay"][1] for a in ("dpo", "grpo", "gvpo", "rs")} == {"-."}
 
 
+def test_line_styles_colour_the_factor_with_more_values():
+    labels = [f"sampler={s},algorithm={a}" for s in ("on_policy", "reference") for a in ("a", "b", "c", "d", "e", "f")]
+    styles = line_styles(labels, [f"c{i}" for i in range(20)])
+    assert len(set(styles.values())) == 12
+    assert {styles[f"sampler={s},algorithm=c"][0] for s in ("on_policy", "reference")} == {"c2"}  # colour: algorithm
+    assert {styles[f"sampler=reference,algorithm={a}"][1] for a in "abcdef"} == {"--"}  # style: sampler
+
+
 def test_configurations_are_ordered_by_value_not_by_text(tmp_path):
     for i, lr in enumerate(["0.01", "1e-05", "0.0001", "0.001"]):
         (tmp_path / str(i)).mkdir()
