@@ -13,7 +13,7 @@ BASELINES = (
     "leave_one_out",  # mean of the other responses' rewards (RLOO)
     "length_weighted",  # sum_j |y_j| R_j / sum_j |y_j| over the group (OPO)
     "leave_one_out_max",  # max of the other responses' rewards: A_i = max_g R - max_{j != i} R_j (pass@k)
-    "greedy",  # the reward of the prompt's greedy response (ReMax; sampler.greedy_baseline=true)
+    "greedy",  # the reward of the prompt's greedy response (ReMax; the sampler decodes it for this baseline)
     "none",  # no baseline (REINFORCE++, whose token whitening then centres the advantages)
 )
 NORMALISATIONS = ("none", "group", "batch", "token")
@@ -45,8 +45,8 @@ def baselined(rewards: Tensor, group_size: int, baseline: str, lengths: Tensor |
         return (top2[:, :1] - others_max).reshape(-1)
     if baseline == "greedy":
         if greedy_rewards is None:
-            raise ConfigError("algorithm.baseline=greedy needs the greedy response's reward of every prompt:"
-                              " sampler.greedy_baseline=true (an on-policy sampler)")
+            raise ConfigError("algorithm.baseline=greedy needs the greedy response's reward of every prompt, which"
+                              " only a generating sampler decodes (on_policy, stale, reference, replay)")
         return rewards - greedy_rewards.to(rewards.dtype)
     return rewards.clone()
 
@@ -135,7 +135,7 @@ def whiten(values: Tensor, mask: Tensor, eps: float = 1e-8, whole_batch: bool = 
 
 
 def valid_scale(rewards: Tensor, group_size: int) -> Tensor:
-    """GPG's alpha = B / (B - M) (Chu et al. 2025, Eq. 10), M the responses in groups whose rewards are
+    """GPG's alpha = B / (B - M) (Chu et al. 2025, Eq. 7-8), M the responses in groups whose rewards are
     all equal (their advantage is 0): the batch mean over B responses of which only B - M carry a
     gradient is scaled back to a mean over those. Counted over every rank. 1 when no group has signal."""
     grouped = rewards.view(-1, group_size)

@@ -6,18 +6,18 @@ and REINFORCE++-baseline (Hu 2025), ReMax (Li et al. 2023), OPO (Hao et al. 2025
 Outcome supervision: one advantage per response from the group's rewards, on every token:
     baseline group_mean:        A_i = R_i - mean_g R                        (GRPO, Dr. GRPO, GPG)
     baseline leave_one_out:     A_i = R_i - mean_{j != i} R_j               (RLOO)
-    baseline length_weighted:   A_i = R_i - sum_j |y_j| R_j / sum_j |y_j|   (OPO, Eq. 7: the optimal baseline
+    baseline length_weighted:   A_i = R_i - sum_j |y_j| R_j / sum_j |y_j|   (OPO: the optimal baseline
                                 when the gradient's norm grows with the length)
     baseline leave_one_out_max: A_i = max_g R - max_{j != i} R_j            (pass@k: only a group's single best
                                 response has an advantage, the gap to the second best)
-    baseline greedy:            A_i = R_i - R(x, greedy response)           (ReMax, Eq. 6: the sampler draws
-                                one greedy response per prompt, sampler.greedy_baseline=true)
+    baseline greedy:            A_i = R_i - R(x, greedy response)           (ReMax, Algorithm 1: the sampler
+                                draws one greedy response per prompt, turned on by this baseline)
     baseline none:              A_i = R_i                                   (REINFORCE++)
     advantage_norm group | batch | none: divide by the group's or the batch's sample std (+ eps) of R;
     token: whiten the per-token advantages over all tokens of the batch, (A - mean) / (std + eps)
     (REINFORCE++'s global normalisation)
     valid_scale: multiply by B / (responses in groups whose rewards are not all equal) (GPG's alpha,
-    Eq. 10: the groups with no signal dilute a batch mean's gradient; this undoes it)
+    Eq. 7-8: the groups with no signal dilute a batch mean's gradient; this undoes it)
 With the KL placed in the reward, each token's -beta * k(pi_sampler, pi_ref) is a reward: kl_credit
 `sequence` adds their sum to the outcome reward before the baseline (every token gets the whole
 response's penalty: RLOO, GRPO-with-KL-in-reward); `to_go` gives a token the penalties of itself and
