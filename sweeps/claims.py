@@ -293,10 +293,15 @@ def power_text(result: Result) -> str:
 
 
 def exploratory_table(results: list[Result], alpha: float) -> str:
+    """One row per pair. A pair equal on every unit (two arms that take the same steps) has no
+    spread, so no test: it says so, and is left out of the q-values' family."""
     confidence = f"{1 - alpha:.0%}"
-    lines = [f"| pair (exploratory) | units | A - B | t {confidence} interval | d_z | p | q (BH, {len(results)} pairs) |",
+    tested = sum(not math.isnan(r.test.p) for r in results)
+    lines = [f"| pair (exploratory) | units | A - B | t {confidence} interval | d_z | p | q (BH, {tested} pairs) |",
              "|---" * 7 + "|"]
     for r in sorted(results, key=lambda r: (label_key(r.claim.a), str(r.claim.b))):
-        lines.append(f"| {r.claim.name} | {r.test.units} | {digits(r.test.mean)} | [{digits(r.test.low)}, {digits(r.test.high)}] "
+        interval = (f"equal in all {r.test.units} units" if r.test.units > 1 and r.test.sd == 0
+                    else f"[{digits(r.test.low)}, {digits(r.test.high)}]")
+        lines.append(f"| {r.claim.name} | {r.test.units} | {digits(r.test.mean)} | {interval} "
                      f"| {digits(r.test.effect_size)} | {p_text(r.test.p)} | {p_text(r.adjusted)} |")
     return "\n".join(lines)

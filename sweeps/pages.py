@@ -102,54 +102,81 @@ def config_mismatch(runs: list[Run]) -> str | None:
     return None
 
 
-def command(runs: list[Run], directory: Path) -> str:
-    """The multirun command that made these jobs: Hydra's own overrides from multirun.yaml, then
-    every job override with the values it took across the jobs."""
-    values = defaultdict(list)
-    for run in runs:
-        overrides_file = run.directory / ".hydra" / "overrides.yaml"
-        for override in (yaml.safe_load(overrides_file.read_text()) or []) if overrides_file.exists() else []:
-            key, value = override.split("=", 1)
-            if value not in values[key]:
-                values[key].append(value)
+def command(runs: list[Run], directory: Path) -> list[str]:
+    """The multirun commands that made these jobs: Hydra's own overrides from multirun.yaml, then
+    every job override with the values it took across the jobs. Jobs that override other keys (an
+    arm added with an extra setting) were another command: one per set of keys."""
     hydra_overrides = []
     multirun = directory / "multirun.yaml"
     if multirun.exists():
         hydra_overrides = (yaml.safe_load(multirun.read_text()).get("hydra", {}).get("overrides", {}).get("hydra") or [])
-    parts = [o for o in hydra_overrides if not o.startswith(("hydra.sweep.dir", "hydra.mode"))]
-    first = sorted(values, key=lambda key: key != "experiment")  # experiment=... first, as one types it
-    parts = [f"{key}={','.join(values[key])}" for key in first] + parts
-    return "python run.py -m " + " ".join(parts)
+    hydra_parts = [o for o in hydra_overrides if not o.startswith(("hydra.sweep.dir", "hydra.mode"))]
+    groups: dict[tuple, dict] = {}
+    for run in runs:
+        overrides_file = run.directory / ".hydra" / "overrides.yaml"
+        overrides = (yaml.safe_load(overrides_file.read_text()) or []) if overrides_file.exists() else []
+        pairs = [override.split("=", 1) for override in overrides]
+        values = groups.setdefault(tuple(sorted(key for key, _ in pairs)), defaultdict(list))
+        for key, value in pairs:
+            if value not in values[key]:
+                values[key].append(value)
+    commands = []
+    for values in groups.values():
+        first = sorted(values, key=lambda key: key != "experiment")  # experiment=... first, as one types it
+        commands.append("python run.py -m " + " ".join([f"{key}={','.join(values[key])}" for key in first] + hydra_parts))
+    return commands
+
+
+def finished(run: Run) -> float:
+    """When a job ended: its summary's `finished_at`, else (a job from before the key) the file's time."""
+    stamp = run.summary.get("finished_at")
+    if stamp:
+        return datetime.datetime.fromisoformat(stamp).timestamp()
+    return (run.directory / "summary.json").stat().st_mtime
 
 
 def provenance(runs: list[Run], directory: Path) -> dict:
-    """Where the numbers come from, read off the jobs' summaries (each records its environment)."""
+    """Where the numbers come from, read off the jobs' summaries (each records its environment).
+    Jobs run at several commits (arms added later) get their dates and wall time per commit."""
     done = [run for run in runs if run.summary.get("environment")]
     env = lambda key: sorted({str(run.summary["environment"].get(key)) for run in done})
-    ends = [(run.directory / "summary.json").stat().st_mtime for run in runs]
-    starts = [end - (run.summary.get("wall_seconds") or 0) for end, run in zip(ends, runs)]
-    stamp = lambda t: datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    commit_of = lambda run: (run.summary.get("environment") or {}).get("commit")
     commits = sorted({(run.summary["environment"].get("commit"), run.summary["environment"].get("dirty")) for run in done},
                      key=str)
+    stamp = lambda t: datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    dates, walls = [], []
+    by_commit = defaultdict(list)
+    for run in runs:
+        by_commit[commit_of(run)].append(run)
+    for commit, group in sorted(by_commit.items(), key=lambda item: min(map(finished, item[1]))):
+        ends = [finished(run) for run in group]
+        starts = [end - (run.summary.get("wall_seconds") or 0) for end, run in zip(ends, group)]
+        of = f" ({commit[:10] if commit else 'unknown'}: {len(group)} job{'s' if len(group) > 1 else ''})" if len(by_commit) > 1 else ""
+        dates.append(f"{stamp(min(starts))} to {stamp(max(ends))}{of}")
+        walls.append(f"{(max(ends) - min(starts)) / 60:.1f} min from first start to last end; "
+                     f"{sum(run.summary.get('wall_seconds') or 0 for run in group) / 60:.1f} min summed over jobs{of}")
     return {
         "commit": [f"{commit[:10] if commit else 'unknown'} ({'uncommitted changes' if dirty else 'clean tree'})"
                    for commit, dirty in commits],
-        "dates": f"{stamp(min(starts))} to {stamp(max(ends))}",
+        "dates": dates,
         "cpu": env("cpu"), "cpu kernels": env("cpu_kernels"), "threads per job": env("threads"),
         "python": env("python"), "torch": env("torch"), "transformers": env("transformers"), "lightning": env("lightning"),
         "seeds": sorted({run.seed for run in runs if run.seed is not None}),
         "jobs": f"{len(runs)} ({sum(run.failed for run in runs)} failed)",
         "command": command(runs, directory),
-        "wall time": f"{(max(ends) - min(starts)) / 60:.1f} min from first start to last end; "
-                     f"{sum(run.summary.get('wall_seconds') or 0 for run in runs) / 60:.1f} min summed over jobs",
+        "wall time": walls,
     }
 
 
 def provenance_table(record: dict) -> str:
     lines = ["| | |", "|---|---|"]
     for key, value in record.items():
-        text = ", ".join(map(str, value)) if isinstance(value, list) else str(value)
-        lines.append(f"| {key} | {'`' + text + '`' if key == 'command' else text} |")
+        values = value if isinstance(value, list) else [value]
+        if key == "command":  # one command per line
+            text = "<br>".join(f"`{command}`" for command in values)
+        else:  # dates and wall times of several commits: one per commit
+            text = ("; " if key in ("dates", "wall time") else ", ").join(map(str, values))
+        lines.append(f"| {key} | {text} |")
     return "\n".join(lines)
 
 

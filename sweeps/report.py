@@ -21,9 +21,12 @@ from pathlib import Path
 from sweeps import claims, plots, stats
 from sweeps.runs import Run, by_label, label_key, matches, natural, parse_selector, value_at
 
+FOLD = 40  # exploratory pairs shown open up to this many
 DEFAULTS = {"metrics": "val/accuracy,val/reward,exact/kl_to_optimum,exact/reward,budget/tokens_generated,wall_seconds",
             "pivot": None, "plot": "val/accuracy", "x": "step,budget/tokens_generated", "vs": "", "bars": "", "logy": False}
 INTERVAL = "mean ± half-width of the Student t 95% interval over n seeds (scipy.stats)"
+
+
 def mean_ci(values: list[float]) -> tuple[float, float]:
     """Mean and half-width of the 95% Student t interval (nan with one value)."""
     return stats.t_interval(values)
@@ -123,9 +126,13 @@ def claims_section(runs: list[Run], study: claims.Study, extra: list) -> str:
                              for selector, seeds in gaps) + ".")
     pairs = claims.exploratory(runs, study, study.metric)
     if pairs:
+        table = claims.exploratory_table(pairs, study.alpha)
+        if len(pairs) > FOLD:  # many arms: the pairs fold away under their count, the results table stays in view
+            low = sum(r.adjusted < study.alpha for r in pairs if not math.isnan(r.adjusted))
+            table = (f"<details><summary>{len(pairs)} pairs, {low} with q below {study.alpha}</summary>\n\n"
+                     + table + "\n\n</details>")
         text += ("\n\n### Exploratory pairs\n\nEvery other pair, chosen after the data: not claims, no verdict. "
-                 "q is the Benjamini-Hochberg false-discovery-rate adjusted p over these pairs.\n\n"
-                 + claims.exploratory_table(pairs, study.alpha))
+                 "q is the Benjamini-Hochberg false-discovery-rate adjusted p over these pairs.\n\n" + table)
     return text
 
 

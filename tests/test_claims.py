@@ -110,6 +110,27 @@ def test_declared_claims_are_corrected_and_labelled(tmp_path):
     assert "| algorithm=grpo - algorithm=rloo | 4 |" in exploratory and "algorithm=gvpo - algorithm=grpo |" not in exploratory
 
 
+def test_arms_equal_on_every_seed_are_marked_and_many_pairs_fold(tmp_path, monkeypatch):
+    import sweeps.report
+
+    for seed, gain in enumerate([0.05, 0.07, 0.06, 0.065]):
+        for algorithm, value in [("gvpo", 0.3 + gain), ("grpo", 0.3 + gain / 2), ("sapo", 0.3 + gain / 2), ("rloo", 0.3)]:
+            write_job(tmp_path, algorithm, seed, value, 0.3, f"ws{seed}")
+    text = report([str(tmp_path), "--metrics", "val/accuracy", "--plot", ""])
+    exploratory = text[text.index("### Exploratory pairs"):text.index("### Results")]
+    rows = [line for line in exploratory.splitlines() if line.startswith("| algorithm=")]
+    # 3 arms against the reference, 6 pairs of 4 arms, less the 1 declared pair; grpo and sapo take the same
+    # steps, rloo none: equal on every seed, no test, not in the q-values' family
+    assert len(rows) == 8 and "| algorithm=grpo - algorithm=sapo | 4 | 0 | equal in all 4 units |  |  |  |" in rows
+    assert "| algorithm=rloo - reference | 4 | 0 | equal in all 4 units |  |  |  |" in rows
+    assert "| q (BH, 6 pairs) |" in exploratory and "<details>" not in exploratory
+    monkeypatch.setattr(sweeps.report, "FOLD", 5)
+    folded = report([str(tmp_path), "--metrics", "val/accuracy", "--plot", ""])
+    q_values = [float(line.strip("|").split("|")[-1]) for line in rows if line.strip("|").split("|")[-1].strip()]
+    summary = f"<details><summary>8 pairs, {sum(q < 0.05 for q in q_values)} with q below 0.05</summary>"
+    assert summary in folded and folded.count("</details>") == 1 and all(row in folded for row in rows)
+
+
 def test_seeds_sharing_a_warm_start_are_averaged_into_one_unit(tmp_path):
     for seed, (warm, gain) in enumerate([("a", 0.1), ("a", 0.3), ("b", 0.0), ("b", 0.2), ("c", 0.5), ("c", 0.1)]):
         write_job(tmp_path, "gvpo", seed, 0.2 + gain, 0.2, warm, study={**STUDY, "seeds": 6})

@@ -20,3 +20,13 @@ def test_every_link_names_a_file_of_the_repository(page):
         resolved = (page.parent / path).resolve()
         assert resolved.is_relative_to(ROOT), f"{page.name} links outside the repository: {target}"
         assert resolved.exists(), f"{page.name} links to {target}, which does not exist"
+
+
+def test_the_usage_table_of_config_groups_lists_every_option():
+    from training.checks import group_options
+
+    rows = {match[0]: match[1] for match in re.findall(r"^\| `([a-z_/]+)` \| (.*?) \|", (ROOT / "docs" / "usage.md").read_text(), re.M)}
+    for group in ("algorithm", "sampler", "model", "task", "warmstart", "generation", "optimizer", "scheduler", "trainer",
+                  "logger", "experiment"):
+        missing = [name for name in group_options(group) if f"`{name}`" not in rows[group]]
+        assert not missing, f"docs/usage.md's row of {group} leaves out {', '.join(missing)}"

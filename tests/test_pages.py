@@ -64,9 +64,10 @@ def test_a_page_is_generated_with_provenance_from_a_real_study(default_study, tm
     assert data["config_hash"] == pages.config_hash("default") and f"config hash `{data['config_hash']}`" in text
     record = data["provenance"]
     assert record["seeds"] == [0, 1, 2] and record["jobs"] == "3 (0 failed)"
-    assert record["command"].startswith("python run.py -m experiment=default") and "seed=0,1,2" in record["command"]
+    assert len(record["command"]) == 1 and record["command"][0].startswith("python run.py -m experiment=default")
+    assert "seed=0,1,2" in record["command"][0]
     assert record["commit"][0].split(" ")[0] == (code_version()["commit"] or "unknown")[:10]
-    assert record["threads per job"] and record["torch"] and "min from first start to last end" in record["wall time"]
+    assert record["threads per job"] and record["torch"] and "min from first start to last end" in record["wall time"][0]
     assert [c["name"] for c in data["claims"]] == ["algorithm=gvpo - reference"] * 2
     assert "### Declared claims" in text and "(default)" not in text.split("## Report")[0]
     assert all((tmp_path / "results" / image.split("](")[1].rstrip(")")).exists()
@@ -94,6 +95,26 @@ def test_no_page_from_runs_of_another_config(default_study, tmp_path, monkeypatc
     with pytest.raises(SystemExit, match="its runs were made with another config .*beta is 0.25"):
         report([str(copy), "--page"])
     assert not (tmp_path / "results" / "default.md").exists()
+
+
+def test_an_arm_added_later_has_its_own_command_and_dates(default_study, tmp_path):
+    copy = tmp_path / "runs"
+    shutil.copytree(default_study / "runs", copy)
+    job = copy / "2"  # as if seed 2 had been run later, at another commit, with one more override
+    summary = json.loads((job / "summary.json").read_text())
+    summary["environment"]["commit"] = "f" * 40
+    summary["finished_at"], summary["wall_seconds"] = "2030-01-02T03:34:00+00:00", 240.0
+    (job / "summary.json").write_text(json.dumps(summary))
+    overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
+    (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([*overrides, "module.overlong_filter=true"]))
+    record = pages.provenance(load_runs(copy), copy)
+    first, later = record["command"]
+    assert "seed=0,1" in first and "overlong_filter" not in first
+    assert "seed=2" in later and "module.overlong_filter=true" in later
+    assert len(record["commit"]) == 2 and record["dates"][1] == "2030-01-02 03:30 UTC to 2030-01-02 03:34 UTC (ffffffffff: 1 job)"
+    assert record["wall time"][1] == "4.0 min from first start to last end; 4.0 min summed over jobs (ffffffffff: 1 job)"
+    table = pages.provenance_table(record)
+    assert f"`{first}`<br>`{later}`" in table and "; 2030-01-02 03:30 UTC" in table
 
 
 def test_replication_runs_new_seeds_and_lands_on_the_page(default_study, tmp_path, monkeypatch):

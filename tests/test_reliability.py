@@ -334,7 +334,7 @@ def test_updates_that_stay_non_finite_stop_the_run_naming_the_step_and_quantity(
 
 WALL_CLOCK = ("wall_seconds", "budget/wall_seconds", "budget/sampling_seconds", "budget/reference_seconds",
               "budget/update_seconds", "ref_eval_seconds", "final_eval_seconds", "output_dir", "policy",
-              "ref_from_cache")  # how the numbers were had (timings, a cached evaluation), not what they are
+              "ref_from_cache", "finished_at")  # how the numbers were had (timings, a cached evaluation), not what they are
 
 
 def comparable(summary: dict) -> dict:

@@ -20,7 +20,7 @@ from training.module import Budget
 from training.offline import Offline
 from training.rollout import concat
 from training.samplers import Reference, Replay, Stale, Uniform, uniform_token_logprobs
-from training.checks import group_options
+from training.checks import build, group_options
 
 
 @pytest.fixture
@@ -194,6 +194,7 @@ SUPPORTED = {
     "dpo": {"on_policy", "reference", "stale", "replay", "offline", "uniform", "pairs"},
     "ipo": {"on_policy", "reference", "stale", "replay", "offline", "uniform", "pairs"},
     "remax": {"on_policy", "reference", "stale", "replay"},  # its baseline is a greedy response it decodes
+    "dapo": {"on_policy", "reference", "stale"},  # its dynamic sampling draws fresh groups
 }
 
 
@@ -387,3 +388,12 @@ def test_a_sampler_of_your_own_takes_the_replaced_configs_keys_and_refuses_dynam
         Mine(tokenizer, task.reward, None, group_size=4, dynamic_sampling=True)
     with pytest.raises(ConfigError, match="sampler.max_extra_batches=-1"):
         make(Stale, tokenizer, task, dynamic_sampling=True, max_extra_batches=-1)
+
+
+def test_dapo_turns_dynamic_sampling_on_and_its_loss_alone_runs_on_any_policy_sampler(tmp_path):
+    cfg = compose_config(["algorithm=dapo"], tmp_path)
+    assert cfg.sampler.dynamic_sampling is True and cfg.algorithm.clip_eps_high == 0.28
+    for sampler in ("replay", "offline", "uniform"):  # samplers that keep no key of dynamic sampling's
+        checked = compose_config(["task=exact", "model=tabular", "algorithm=dapo", f"sampler={sampler}",
+                                  "sampler.dynamic_sampling=false", "sampler.num_groups=8"][:5 + (sampler == "offline")], tmp_path)
+        assert build(checked.sampler, tokenizer=None, reward_fn=None).dynamic_sampling is False

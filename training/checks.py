@@ -212,6 +212,10 @@ def check_config(cfg, choices: dict, defaults=None) -> object:
     check_task_template(cfg)
     check_model_shape(cfg)
     check_generation(cfg, choices)
+    if cfg.sampler.get("dynamic_sampling") and not getattr(get_class(cfg.sampler._target_), "can_resample", False):
+        raise ConfigError(f"algorithm={choices['algorithm']} cannot train on sampler={choices['sampler']}: "
+                          "sampler.dynamic_sampling=true (DAPO's dynamic sampling, on in algorithm=dapo) needs a sampler "
+                          "that draws fresh groups: on_policy, stale or reference; or set sampler.dynamic_sampling=false")
     sampler = build(cfg.sampler, tokenizer=None, reward_fn=None)
     sources = get_class(cfg.algorithm._target_).sources
     if sampler.source not in sources:

@@ -41,8 +41,8 @@ def weights_digest(model) -> str:
 class Offline(Sampler):
     def __init__(self, tokenizer, reward_fn, generator=None, group_size: int = 1, policy: str = "reference",
                  num_groups: int = 256, cache_dir: str = ".cache", seed: int = 0, draw_seed: int = 0,
-                 batch_prompts: int = 64):
-        super().__init__(tokenizer, reward_fn, generator, group_size)
+                 batch_prompts: int = 64, **options):
+        super().__init__(tokenizer, reward_fn, generator, group_size, **options)
         if policy not in ("reference", "uniform"):
             raise ConfigError(f"sampler.policy={policy!r} is not one of reference, uniform")
         self.policy, self.num_groups, self.cache_dir, self.seed = policy, num_groups, cache_dir, seed

@@ -237,8 +237,8 @@ class Replay(OnPolicy):
     can_resample = False  # its batches mix in stored groups: dynamic sampling is not defined for it
 
     def __init__(self, tokenizer, reward_fn, generator=None, group_size: int = 1, replay_ratio: float = 0.5,
-                 capacity: int = 256, seed: int = 0, greedy_baseline: bool = False):
-        super().__init__(tokenizer, reward_fn, generator, group_size, greedy_baseline=greedy_baseline)
+                 capacity: int = 256, seed: int = 0, greedy_baseline: bool = False, **options):
+        super().__init__(tokenizer, reward_fn, generator, group_size, greedy_baseline=greedy_baseline, **options)
         if not 0 <= replay_ratio < 1:
             raise ConfigError(f"sampler.replay_ratio={replay_ratio} is not allowed: it must be in [0, 1)")
         self.replay_ratio, self.capacity = replay_ratio, capacity
@@ -287,8 +287,8 @@ class Uniform(Sampler):
 
     needs_enumerable_task = True
 
-    def __init__(self, tokenizer, reward_fn, generator=None, group_size: int = 1, seed: int = 0):
-        super().__init__(tokenizer, reward_fn, generator, group_size)
+    def __init__(self, tokenizer, reward_fn, generator=None, group_size: int = 1, seed: int = 0, **options):
+        super().__init__(tokenizer, reward_fn, generator, group_size, **options)
         self.rng = random.Random(seed)
 
     def setup(self, policy, reference, task) -> None:
@@ -311,10 +311,10 @@ class Demonstrations(Sampler):
     source = "demonstrations"
     fixed_group_size = 1
 
-    def __init__(self, tokenizer, reward_fn, generator=None, group_size: int | None = None):
+    def __init__(self, tokenizer, reward_fn, generator=None, group_size: int | None = None, **options):
         if group_size not in (None, self.fixed_group_size):
             raise ConfigError(f"sampler.group_size={group_size} is not allowed for {self.source}: it is {self.fixed_group_size}")
-        super().__init__(tokenizer, reward_fn, generator, self.fixed_group_size)
+        super().__init__(tokenizer, reward_fn, generator, self.fixed_group_size, **options)
 
     def sample(self, rows: list[dict], policy) -> Rollout:
         batch = self._from_responses(rows, [row["answer"] for row in rows])

@@ -1,4 +1,5 @@
 """summary.json: the numbers a run is judged by, beside its resolved config."""
+import datetime
 import functools
 import json
 import math
@@ -24,6 +25,7 @@ def write_summary(output_dir: str, cfg, choices: dict, values: dict) -> dict:
         "group_size": cfg.group_size,
         **({"regime": choices["regime"]} if choices.get("regime") else {}),  # sweeps/regime/, off-policy sweep
         **values,
+        "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),  # provenance's dates
     }
     summary = {key: (None if isinstance(value, float) and not math.isfinite(value) else value) for key, value in summary.items()}
     out = Path(output_dir)
