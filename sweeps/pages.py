@@ -103,27 +103,30 @@ def config_mismatch(runs: list[Run]) -> str | None:
 
 
 def command(runs: list[Run], directory: Path) -> list[str]:
-    """The multirun commands that made these jobs: Hydra's own overrides from multirun.yaml, then
-    every job override with the values it took across the jobs. Jobs that override other keys (an
-    arm added with an extra setting) were another command: one per set of keys."""
-    hydra_overrides = []
-    multirun = directory / "multirun.yaml"
-    if multirun.exists():
-        hydra_overrides = (yaml.safe_load(multirun.read_text()).get("hydra", {}).get("overrides", {}).get("hydra") or [])
-    hydra_parts = [o for o in hydra_overrides if not o.startswith(("hydra.sweep.dir", "hydra.mode"))]
+    """The multirun commands that made these jobs: each job's Hydra overrides (its .hydra/hydra.yaml,
+    else the sweep's multirun.yaml), then every job override with the values it took across the jobs.
+    Jobs that override other keys or were launched otherwise (an arm added later) were another command."""
+    def hydra_parts(path: Path) -> list[str]:
+        if not path.exists():
+            return []
+        overrides = (yaml.safe_load(path.read_text()).get("hydra", {}).get("overrides", {}).get("hydra") or [])
+        return [o for o in overrides if not o.startswith(("hydra.sweep.dir", "hydra.mode"))]
+
+    sweep_parts = hydra_parts(directory / "multirun.yaml")
     groups: dict[tuple, dict] = {}
     for run in runs:
         overrides_file = run.directory / ".hydra" / "overrides.yaml"
         overrides = (yaml.safe_load(overrides_file.read_text()) or []) if overrides_file.exists() else []
         pairs = [override.split("=", 1) for override in overrides]
-        values = groups.setdefault(tuple(sorted(key for key, _ in pairs)), defaultdict(list))
+        launched = tuple(hydra_parts(run.directory / ".hydra" / "hydra.yaml") or sweep_parts)
+        values = groups.setdefault((tuple(sorted(key for key, _ in pairs)), launched), defaultdict(list))
         for key, value in pairs:
             if value not in values[key]:
                 values[key].append(value)
     commands = []
-    for values in groups.values():
+    for (_, launched), values in groups.items():
         first = sorted(values, key=lambda key: key != "experiment")  # experiment=... first, as one types it
-        commands.append("python run.py -m " + " ".join([f"{key}={','.join(values[key])}" for key in first] + hydra_parts))
+        commands.append("python run.py -m " + " ".join([f"{key}={','.join(values[key])}" for key in first] + list(launched)))
     return commands
 
 
