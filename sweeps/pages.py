@@ -149,7 +149,7 @@ def provenance(runs: list[Run], directory: Path) -> dict:
     stamp = lambda t: datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     dates, walls = [], []
     by_commit = defaultdict(list)
-    for run in runs:
+    for run in done or runs:  # a job that failed before recording its environment is left out of the dates
         by_commit[commit_of(run)].append(run)
     for commit, group in sorted(by_commit.items(), key=lambda item: min(map(finished, item[1]))):
         ends = [finished(run) for run in group]
