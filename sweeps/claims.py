@@ -151,6 +151,21 @@ def paired(runs: list[Run], a: str, b: str, metric: str) -> Paired:
                   units, coverage([first[s] for s in seeds], len(clusters)))
 
 
+def reference_splits(runs: list[Run], metric: str) -> dict[str, dict[float, list[str]]]:
+    """Where runs that differ only in their algorithm disagree on the reference's `ref/<metric>`
+    (the reference is evaluated before training: no algorithm changes it): "seed N[, other
+    settings]" -> value -> the runs' labels. Arms added later (another commit, another cache) must
+    rebuild the same warm start as the first; where they did not, their pairs compare different
+    starting points."""
+    values = defaultdict(lambda: defaultdict(list))
+    for run in runs:
+        value = run.summary.get(f"ref/{metric}")
+        if not run.failed and run.seed is not None and value is not None:
+            others = ",".join(f"{k}={v}" for k, v in sorted(parse_selector(run.label).items()) if k != "algorithm")
+            values[f"seed {run.seed}" + (f", {others}" if others else "")][float(value)].append(run.label)
+    return {where: dict(found) for where, found in sorted(values.items()) if len(found) > 1}
+
+
 def coverage(runs: list[Run], clusters: int) -> str:
     """What a re-run of these units redraws, so what their interval covers."""
     if not runs:

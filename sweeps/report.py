@@ -124,6 +124,12 @@ def claims_section(runs: list[Run], study: claims.Study, extra: list) -> str:
         text += ("\n\n**Missing cells** (no completed run; each claim is tested on the seeds both its sides have): "
                  + "; ".join(f"`{selector}` seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
                              for selector, seeds in gaps) + ".")
+    splits = claims.reference_splits(runs, study.metric)
+    if splits:  # a pair of arms on such a seed compares different starting points
+        text += ("\n\n**The reference differs within a seed** (`ref/" + study.metric + "`; the arms' warm starts were "
+                 "not the same): " + "; ".join(f"{where}: " + ", ".join(
+                     f"{value:.4g} ({', '.join(labels[:3])}{', ...' if len(labels) > 3 else ''})"
+                     for value, labels in found.items()) for where, found in splits.items()) + ".")
     pairs = claims.exploratory(runs, study, study.metric)
     if pairs:
         table = claims.exploratory_table(pairs, study.alpha)

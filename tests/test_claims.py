@@ -129,6 +129,11 @@ def test_arms_equal_on_every_seed_are_marked_and_many_pairs_fold(tmp_path, monke
     q_values = [float(line.strip("|").split("|")[-1]) for line in rows if line.strip("|").split("|")[-1].strip()]
     summary = f"<details><summary>8 pairs, {sum(q < 0.05 for q in q_values)} with q below 0.05</summary>"
     assert summary in folded and folded.count("</details>") == 1 and all(row in folded for row in rows)
+    assert "reference differs" not in text
+    write_job(tmp_path, "gspo", 0, 0.4, 0.31, "another warm start")  # an arm added later whose seed-0 reference moved
+    text = report([str(tmp_path), "--metrics", "val/accuracy", "--plot", ""])
+    assert ("**The reference differs within a seed** (`ref/val/accuracy`; the arms' warm starts were not the same): "
+            "seed 0: 0.3 (algorithm=grpo, algorithm=gvpo, algorithm=rloo, ...), 0.31 (algorithm=gspo).") in text
 
 
 def test_seeds_sharing_a_warm_start_are_averaged_into_one_unit(tmp_path):
