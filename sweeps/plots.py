@@ -11,21 +11,25 @@ import numpy as np
 from sweeps.runs import Run, by_label, curve, label_key, natural
 from sweeps.stats import t_interval as mean_ci
 
+BANDS = 8  # curves drawn with their seed band up to this many configurations
+
 
 def line_styles(labels: list[str], colours) -> dict[str, tuple]:
     """(colour, line style) per configuration label "a=1,b=2": one colour per value of one factor
     and one line style per value of the others, so a grid of two factors stays legible. The factor
     with more values gets the colours (there are 4 line styles and up to 20 colours): by default the
     first override, unless the others take more values than it (15 algorithms x 2 samplers: colour
-    by algorithm, style by sampler)."""
+    by algorithm, style by sampler). Past 20 values the colours repeat with the next line style."""
     split = [(label.split(",")[0], ",".join(label.split(",")[1:])) for label in labels]
     first = sorted({a for a, _ in split}, key=label_key)
     rest = sorted({b for _, b in split}, key=label_key)
     by_rest = len(rest) > len(first) and len(first) <= 4
     dashes = ["-", "--", ":", "-."]
     coloured, styled = (rest, first) if by_rest else (first, rest)
-    return {label: (colours[coloured.index(b if by_rest else a) % len(colours)],
-                    dashes[styled.index(a if by_rest else b) % len(dashes)]) for label, (a, b) in zip(labels, split)}
+    style = lambda a, b: (coloured.index(b if by_rest else a), styled.index(a if by_rest else b))
+    # more values than colours: the colours come round again with the next line style
+    return {label: (colours[c % len(colours)], dashes[(s + c // len(colours)) % len(dashes)])
+            for label, (c, s) in ((label, style(a, b)) for label, (a, b) in zip(labels, split))}
 
 
 def palette(plt, labels: list[str]):
@@ -75,7 +79,9 @@ def plot(runs: list[Run], metric: str, x: str, path: Path, logy: bool = False, g
         values = np.stack([np.interp(grid, xs, ys) for xs, ys in curves])
         colour, linestyle = styles[label]
         axes.plot(grid, values.mean(0), color=colour, linestyle=linestyle, linewidth=1.8, label=f"{label} (n={len(curves)})")
-        if gain and len(curves) > 1:
+        if len(groups) > BANDS:  # past this many lines the bands hide each other: the gains plot has the intervals
+            pass
+        elif gain and len(curves) > 1:
             half = np.array([mean_ci(column)[1] for column in values.T])
             axes.fill_between(grid, values.mean(0) - half, values.mean(0) + half, color=colour, alpha=0.08)
         else:
@@ -86,8 +92,36 @@ def plot(runs: list[Run], metric: str, x: str, path: Path, logy: bool = False, g
         return None
     if gain:
         axes.axhline(0.0, color="grey", linestyle=":", linewidth=1)
-    ylabel = f"{metric} - reference (mean, 95% t band)" if gain else metric
+    band = "" if len(groups) > BANDS else ", 95% t band"
+    ylabel = f"{metric} - reference (mean{band})" if gain else metric
     return save_figure(plt, figure, axes, x, ylabel, path, logy)
+
+
+def plot_gains(runs: list[Run], metric: str, path: Path) -> Path | None:
+    """Each configuration's final gain over its reference (`metric - ref/<metric>`, run by run):
+    mean and 95% t interval, each seed a dot, sorted, one row per configuration: the view of a study
+    with many arms, whose curves overlap."""
+    gains = defaultdict(list)
+    for run in runs:
+        if not run.failed and run.summary.get(metric) is not None and run.summary.get(f"ref/{metric}") is not None:
+            gains[run.label].append(float(run.summary[metric]) - float(run.summary[f"ref/{metric}"]))
+    if not gains:
+        return None
+    order = sorted(gains, key=lambda label: statistics.fmean(gains[label]))
+    plt, figure, axes = new_figure()
+    figure.set_size_inches(8.5, max(3.0, 0.3 * len(order) + 1.0))
+    for row, label in enumerate(order):
+        mean, half = mean_ci(gains[label])
+        axes.errorbar([mean], [row], xerr=[0.0 if math.isnan(half) else half], color="C0", marker="o", capsize=3)
+        axes.scatter(gains[label], [row] * len(gains[label]), color="grey", s=8, alpha=0.6, zorder=3)
+    axes.axvline(0.0, color="grey", linestyle=":", linewidth=1)
+    axes.set_yticks(range(len(order)), [f"{label} (n={len(gains[label])})" for label in order], fontsize=7)
+    axes.set_xlabel(f"final {metric} - reference (mean and 95% t interval; dots: seeds)")
+    axes.grid(alpha=0.3, axis="x")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
 
 
 def plot_final(runs: list[Run], metric: str, key: str, path: Path, logy: bool = False) -> Path | None:

@@ -175,6 +175,8 @@ def render(runs: list[Run], options: dict, directory: Path, compares=(), at=None
         if len(references) > 1 and "step" in options["x"].split(","):  # seeds start from different references
             images.append(plots.plot(runs, options["plot"], "step", name("step").with_name(  # each seed against its own start
                 name("step").stem.replace("_vs_step", "_gain_vs_step.png")), gain=True))
+        if len(by_label([run for run in runs if not run.failed])) > plots.BANDS:  # many arms: their final gains, sorted
+            images.append(plots.plot_gains(runs, options["plot"], directory / f"{options['plot'].replace('/', '_')}_gains.png"))
         images += [plots.plot_final(runs, options["plot"], key, name(f"final_{key}"), options["logy"])
                    for key in options["vs"].split(",") if key]
         images += [plots.plot_bars(runs, options["plot"], key, name(f"final_by_{key}")) for key in options["bars"].split(",") if key]

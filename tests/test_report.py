@@ -52,6 +52,34 @@ def test_line_styles_colour_the_factor_with_more_values():
     assert {styles[f"sampler=reference,algorithm={a}"][1] for a in "abcdef"} == {"--"}  # style: sampler
 
 
+def test_line_styles_past_the_colours_come_round_with_the_next_style():
+    labels = [f"algorithm=a{i:02d}" for i in range(22)]
+    styles = line_styles(labels, [f"c{i}" for i in range(20)])
+    assert len(set(styles.values())) == 22
+    assert styles["algorithm=a00"] == ("c0", "-") and styles["algorithm=a20"] == ("c0", "--") and styles["algorithm=a21"] == ("c1", "--")
+
+
+def test_a_study_with_many_arms_gets_its_final_gains_plotted_one_row_each(tmp_path):
+    from sweeps import plots
+
+    for arm in range(plots.BANDS + 1):
+        for seed in range(2):
+            job = tmp_path / "runs" / f"{arm}-{seed}"
+            (job / ".hydra").mkdir(parents=True)
+            (job / ".hydra" / "overrides.yaml").write_text(f"- algorithm=a{arm}\n- seed={seed}\n")
+            (job / "summary.json").write_text(json.dumps({"algorithm": f"a{arm}", "seed": seed, "status": "completed",
+                                                          "val/accuracy": 0.3 + 0.01 * arm + 0.001 * seed, "ref/val/accuracy": 0.3}))
+    text = main([str(tmp_path / "runs"), "--metrics", "val/accuracy", "--plot", "val/accuracy", "--x", "",
+                 "--out", str(tmp_path / "report.md")])
+    image = tmp_path / "runs" / "val_accuracy_gains.png"
+    assert "![val_accuracy_gains](val_accuracy_gains.png)" in text and matplotlib.image.imread(image).shape[0] > 330  # 3 inches or more at 110 dpi
+    (tmp_path / "few").mkdir()
+    for name in ("0-0", "1-0"):  # fewer arms: no such plot
+        (tmp_path / "runs" / name).rename(tmp_path / "few" / name)
+    assert "gains" not in main([str(tmp_path / "few"), "--metrics", "val/accuracy", "--plot", "val/accuracy", "--x", "",
+                                "--out", str(tmp_path / "few.md")])
+
+
 def test_configurations_are_ordered_by_value_not_by_text(tmp_path):
     for i, lr in enumerate(["0.01", "1e-05", "0.0001", "0.001"]):
         (tmp_path / str(i)).mkdir()
