@@ -10,6 +10,10 @@ is no clipping (plain importance-weighted REINFORCE). The KL estimator (k1, k2, 
 placement (a loss term, or a per-token reward the subclass folds into its advantages) are shared
 settings (algorithms/kl.py), as is the reference: initial | rollout.
 Native loss: -(clipped surrogate) + beta * k (when in the loss), under the aggregation loss_agg.
+Compared with TRL 1.16.0's GRPOTrainer._compute_loss (a stand-in trainer, the same float64 log-probs
+and advantages, clipping active, beta 0 and 0.04 with k3 in the loss): the grpo, dapo, gspo, cispo
+and sapo configs' gradients equal TRL's grpo, dapo, sequence-level grpo, cispo and sapo losses' to
+3e-17, the KL term aggregated with the policy term on both sides.
 
 `policy_loss` picks the ratio and what clipping does (each a weight rule on the same advantages):
   ppo    per-token ratio, clipped surrogate (above)
@@ -22,11 +26,12 @@ Native loss: -(clipped surrogate) + beta * k (when in the loss), under the aggre
          objective is the paper's GSPO-token form (section 4.3): s_it = sg[s_i] * pi_t / sg[pi_t], whose
          gradient is A_t s_i grad l_t, the same weights, and which equals GSPO when A is constant over the
          response. Compared with verl's gspo loss (the GSPO-token form) on identical inputs: gradients equal
-         to 1e-9; TRL's `importance_sampling_level="sequence"` takes the same ratio.
+         to 1e-9; TRL's `importance_sampling_level="sequence"` takes the same ratio (gradients equal).
   cispo  CISPO (MiniMax-M1, Chen et al. 2025, Eq. 4-5): J = sum sg(clip(r, 1-eps_low, 1+eps_high)) A log pi,
          so w = A * clip(r) on every token: no token's gradient is dropped, the ratio is only capped.
          clip_eps null: no lower bound (as the paper); clip_eps_high caps the weight. As verl's and
-         SkyRL's cispo losses (-A * clamp(r).detach() * log_prob).
+         SkyRL's cispo losses (-A * clamp(r).detach() * log_prob); TRL's cispo `epsilon_high` is the
+         cap itself (TRL's 5.0 is clip_eps_high 4.0 here).
   gmpo   GMPO (Zhao et al. 2025, Eq. 4): the geometric mean of the tokens' clipped ratios per response,
          J = mean_i A_i * exp(mean_t sgn(A_i) min(sgn(A_i) log r, sgn(A_i) clip(log r, -eps, eps_high))),
          clipped in log space (clip_eps and clip_eps_high are log-ratio bounds: the paper's (e^-0.4, e^0.4)
