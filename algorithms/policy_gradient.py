@@ -13,7 +13,7 @@ Native loss: -(clipped surrogate) + beta * k (when in the loss), under the aggre
 Compared with TRL 1.16.0's GRPOTrainer._compute_loss (a stand-in trainer, the same float64 log-probs
 and advantages, clipping active, beta 0 and 0.04 with k3 in the loss): the grpo, dapo, gspo, cispo
 and sapo configs' gradients equal TRL's grpo, dapo, sequence-level grpo, cispo and sapo losses' to
-3e-17, the KL term aggregated with the policy term on both sides.
+3e-17, the KL term aggregated with the policy term on both sides (tests/test_trl_losses.py).
 
 `policy_loss` picks the ratio and what clipping does (each a weight rule on the same advantages):
   ppo    per-token ratio, clipped surrogate (above)
