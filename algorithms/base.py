@@ -129,5 +129,9 @@ class Algorithm:
         raise NotImplementedError
 
     def objective(self, logprobs: Tensor, rollout) -> Tensor:
-        """The native objective (a scalar to minimise), differentiable in logprobs (B, T)."""
-        raise NotImplementedError
+        """The native objective (a scalar to minimise), differentiable in logprobs (B, T). Every shipped
+        algorithm writes its paper's, and the tests check the weights' gradient against it; an algorithm
+        of your own may leave it out: this default is the surrogate of its weights, -agg(w * l) (weights is
+        called again)."""
+        weights, _ = self.weights(logprobs.detach(), rollout)
+        return -aggregate(weights * logprobs, rollout.response_mask, self.loss_agg, rollout.group_size)

@@ -181,3 +181,42 @@ def test_the_logged_config_names_each_group_s_option_and_keeps_the_task_s_datase
     logged = logged_config(cfg, dict(HydraConfig.get().runtime.choices))
     assert logged["task"]["name"] == "chain_sum_chat" and logged["task"]["dataset"] == "chain_sum"
     assert logged["algorithm"]["name"] == "grpo" and logged["model"]["name"] == "tiny"
+
+
+def test_an_algorithm_of_your_own_from_your_config_folder_trains_and_a_missing_module_is_one_line(tmp_path, monkeypatch):
+    """docs/usage.md's recipe: a weight rule in a module of the --config-dir folder and a YAML file naming it.
+    Weights 0 on every token must leave the policy as it started: the run trained with the user's weights."""
+    import run
+
+    folder = tmp_path / "my_conf"
+    (folder / "algorithm").mkdir(parents=True)
+    (folder / "my_algos.py").write_text(
+        "from algorithms.base import Algorithm\n\n\n"
+        "class Frozen(Algorithm):\n"
+        "    def weights(self, logprobs, rollout):\n"
+        "        return 0.0 * rollout.response_mask.to(logprobs.dtype), {'calls': 1.0}\n")
+    (folder / "algorithm" / "frozen.yaml").write_text("_target_: my_algos.Frozen\ngroup_size: ${sampler.group_size}\n")
+    monkeypatch.syspath_prepend(str(folder))  # what run.py does for --config-dir (training/prelaunch.py)
+    overrides = [f"hydra.searchpath=[file://{folder}]", "algorithm=frozen", "task=exact", "model=tabular",
+                 "trainer.max_steps=2", "logger=none", f"cache_dir={tmp_path / 'cache'}"]
+    summary = run.train(compose_config(overrides, tmp_path / "run"))
+    assert summary["steps"] == 2 and summary["algorithm"] == "frozen"
+    assert summary["exact/kl_to_optimum"] == pytest.approx(summary["ref/exact/kl_to_optimum"], abs=1e-7)
+    (folder / "algorithm" / "typo.yaml").write_text("_target_: my_algoz.Frozen\ngroup_size: 4\n")
+    cfg = compose_config([*overrides[:1], "algorithm=typo", *overrides[2:]], tmp_path / "typo")
+    with pytest.raises(ConfigError, match=r"^algorithm._target_='my_algoz.Frozen' cannot be imported: No module named "
+                                          r"'my_algoz'; a module of your own goes in your --config-dir folder"):
+        check_config(cfg, cfg.hydra.runtime.choices)
+
+
+def test_every_shipped_algorithm_writes_its_native_objective():
+    """The gradient tests check each algorithm's weights against its own objective: none may fall back on
+    the base class's surrogate (which would make that check pass whatever the weights)."""
+    import yaml
+
+    from algorithms.base import Algorithm
+
+    for name in group_options("algorithm"):
+        node = yaml.safe_load((CONF_DIR / "algorithm" / f"{name}.yaml").read_text())
+        cls = get_class(node.get("algorithm", node)["_target_"])
+        assert cls.objective is not Algorithm.objective, name

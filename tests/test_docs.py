@@ -30,3 +30,19 @@ def test_the_usage_table_of_config_groups_lists_every_option():
                   "logger", "experiment"):
         missing = [name for name in group_options(group) if f"`{name}`" not in rows[group]]
         assert not missing, f"docs/usage.md's row of {group} leaves out {', '.join(missing)}"
+
+
+def test_the_algorithm_of_your_own_in_the_usage_docs_gives_its_weights_by_hand():
+    import torch
+
+    from tests.conftest import rollout_from_lists
+
+    text = (ROOT / "docs" / "usage.md").read_text()
+    section = text[text.index("## Your own algorithm"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    namespace = {}
+    exec(compile(code, "docs/usage.md", "exec"), namespace)  # noqa: S102 - the docs' own example
+    rollout = rollout_from_lists([1.0, 0.0, 0.5, 0.5], group_size=2, lengths=[1, 2, 1, 1])
+    weights, _ = namespace["Centred"](group_size=2).weights(torch.zeros(4, 2), rollout)
+    # group means 0.5 and 0.5: advantages +0.5, -0.5, 0, 0 on every token of each response, 0 past its end
+    assert torch.equal(weights, torch.tensor([[0.5, 0.0], [-0.5, -0.5], [0.0, 0.0], [0.0, 0.0]]))

@@ -173,6 +173,7 @@ def check_config(cfg, choices: dict, defaults=None) -> object:
     group_size). `choices` maps each config group to the option chosen; `defaults`, the config of
     the same choices without value overrides, gives every unlisted key its type. No model build."""
     schema.check(cfg, defaults)  # types, ranges, allowed values, required keys
+    check_group_targets(cfg)
     if cfg.module.minibatches > cfg.prompts_per_step:
         raise ConfigError(f"module.minibatches={cfg.module.minibatches} is not allowed with prompts_per_step="
                           f"{cfg.prompts_per_step}: each minibatch holds whole groups, so at most {cfg.prompts_per_step}")
@@ -297,6 +298,24 @@ def check_trainer_arguments(cfg, defaults) -> None:
         key = min(changed)
         raise ConfigError(f"trainer.{key}={mine[key]!r} is not allowed: "
                           f"{(str(cause).strip().splitlines() or [''])[0]}") from None
+
+
+def check_group_targets(cfg) -> None:
+    """The classes the run builds for its algorithm, sampler and task import: an option of your own
+    (a YAML file in your --config-dir naming a module of yours) fails here in one line, before any
+    warm start, where its module is not importable (a module in the --config-dir folder is)."""
+    from hydra._internal.utils import _locate  # hydra.utils.get_class, without its logged error lines
+
+    for group in ("algorithm", "sampler", "task"):
+        target = (cfg.get(group) or {}).get("_target_")
+        if not isinstance(target, str):
+            continue
+        try:
+            _locate(target)
+        except Exception as error:  # noqa: BLE001 - ImportError, AttributeError, ...: one line
+            reason = (str(error.__cause__ or error).strip().splitlines() or [""])[0]
+            raise ConfigError(f"{group}._target_={target!r} cannot be imported: {reason}; a module of your own goes "
+                              "in your --config-dir folder (importable) or on PYTHONPATH") from None
 
 
 def check_targets(cfg, defaults) -> None:
