@@ -290,13 +290,10 @@ def test_a_jsonl_task_with_two_reward_terms_from_a_user_config_folder(tmp_path):
     kept = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
     typo, _ = cli(*args, "lr=abc", env_extra=tmp_path / "cache")
     assert typo.returncode == 2 and typo.stderr.strip().splitlines() == ["error: lr='abc' is not allowed: a number > 0"]
-    unchecked, _ = cli("--config-name", "config", *args, "lr=abc", env_extra=tmp_path / "cache")  # no pre-launch check
-    assert unchecked.returncode != 0 and "holds a run of another config (lr: 0.0003 -> 'abc')" in unchecked.stderr
     assert {path for path in tmp_path.rglob("*") if path.is_file() and ".hydra" not in path.parts} == \
         {path for path in kept if ".hydra" not in path.parts}
     assert all(path.read_bytes() == content for path, content in kept.items() if ".hydra" not in path.parts)
-    again, _ = cli(*args, env_extra=tmp_path / "cache")
-    assert again.returncode == 0 and "already completed" in again.stdout
+    # a rerun skipping the completed run, and another config refused by the directory: tests/test_reliability.py
 
 
 def test_lora_bf16_autocast_and_accumulation_train_and_export(tmp_path, cache_dir):
