@@ -302,6 +302,30 @@ def test_dynamic_sampling_keeps_only_groups_with_spread_and_counts_every_draw(to
     assert budget.responses_generated == 24 and budget.prompts_seen == 6
 
 
+def test_dynamic_sampling_under_data_parallelism_refills_each_rank_with_other_prompts(tokenizer, exact, monkeypatch):
+    """Every rank draws the same permutation of the training set (the same RNG) and takes its own stride of
+    it: two ranks replacing the same flat group refill it with different prompts."""
+    import training.samplers
+    from training.samplers import OnPolicy
+
+    task, model = exact
+    flat = lambda completions, rows: [0.0 if row["index"] == 0 else task.reward([c], [row])[0] for c, row in zip(completions, rows)]
+    refills = []
+    for rank in (0, 1):
+        monkeypatch.setattr(training.samplers.parallel, "rank", lambda rank=rank: rank)
+        monkeypatch.setattr(training.samplers.parallel, "world_size", lambda: 2)
+        sampler = OnPolicy(tokenizer, flat, CountingGenerator(max_new_tokens=task.max_new_tokens), group_size=4,
+                           dynamic_sampling=True, max_extra_batches=5)
+        sampler.setup(model, None, task)
+        drawn, generate = [], sampler._generate
+        sampler._generate = lambda rows, *args, **kwargs: drawn.append([row["index"] for row in rows]) or generate(rows, *args, **kwargs)
+        torch.manual_seed(0)  # the same RNG on both ranks, used alike up to the first refill
+        assert sampler.sample(task.rows[:2], model).num_groups == 2
+        assert drawn[0] == [0, 1] and len(drawn[1]) == 1  # the batch, then one fresh prompt for the flat group
+        refills.append(drawn[1][0])
+    assert refills[0] != refills[1]
+
+
 def test_soft_overlong_punishment_by_hand_and_rows_carry_the_response_lengths(tokenizer, exact):
     from rewards.length import SoftOverlong, Truncated
     from training.samplers import OnPolicy

@@ -13,6 +13,7 @@ from dataclasses import fields
 
 import torch
 
+import parallel
 from schema import ConfigError
 from models.lm import token_logprobs
 from rewards import score
@@ -107,7 +108,9 @@ class OnPolicy(Sampler):
                         generation batch each time: on chain_sum that doubled the tokens generated
                         for about 10% of groups dropped); DAPO stops the run when its cap is reached,
                         here the batch is filled with dropped groups (what no dynamic sampling trains
-                        on) and train/dynamic_shortfall says how many groups that was.
+                        on) and train/dynamic_shortfall says how many groups that was. Under data
+                        parallelism each rank refills its own groups, from its own stride of one
+                        shared permutation of the training set (no prompt on two ranks).
     """
 
     provides_step_rewards = True
@@ -138,7 +141,11 @@ class OnPolicy(Sampler):
             if sum(part.num_groups for part in kept) >= len(rows) or extra_batches == self.max_extra_batches:
                 break
             missing = len(rows) - sum(part.num_groups for part in kept)
-            fresh = torch.randperm(len(self.pool))[:missing].tolist()  # as many fresh prompts as places to fill
+            # as many fresh prompts as places to fill; under data parallelism every rank draws the same
+            # permutation (the same RNG use on every rank) and takes its own stride of it: no two ranks refill
+            # with the same prompt
+            order = torch.randperm(len(self.pool))[parallel.rank()::parallel.world_size()]
+            fresh = order[:missing].tolist()
             batch, extra_batches = draw([self.pool[i] for i in fresh]), extra_batches + 1
         full = concat([part for part in kept + dropped if part.num_groups])
         self.shortfall = max(0, len(rows) - sum(part.num_groups for part in kept))
