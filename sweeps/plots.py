@@ -79,13 +79,12 @@ def plot(runs: list[Run], metric: str, x: str, path: Path, logy: bool = False, g
         values = np.stack([np.interp(grid, xs, ys) for xs, ys in curves])
         colour, linestyle = styles[label]
         axes.plot(grid, values.mean(0), color=colour, linestyle=linestyle, linewidth=1.8, label=f"{label} (n={len(curves)})")
-        if len(groups) > BANDS:  # past this many lines the bands hide each other: the gains plot has the intervals
-            pass
-        elif gain and len(curves) > 1:
-            half = np.array([mean_ci(column)[1] for column in values.T])
-            axes.fill_between(grid, values.mean(0) - half, values.mean(0) + half, color=colour, alpha=0.08)
-        else:
-            axes.fill_between(grid, values.min(0), values.max(0), color=colour, alpha=0.08)
+        if len(groups) <= BANDS:  # past this many lines the bands hide each other: the gains plot has the intervals
+            if gain and len(curves) > 1:
+                half = np.array([mean_ci(column)[1] for column in values.T])
+                axes.fill_between(grid, values.mean(0) - half, values.mean(0) + half, color=colour, alpha=0.08)
+            else:
+                axes.fill_between(grid, values.min(0), values.max(0), color=colour, alpha=0.08)
         drawn = True
     if not drawn:
         plt.close(figure)

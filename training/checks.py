@@ -304,35 +304,34 @@ def check_group_targets(cfg) -> None:
     """The classes the run builds for its algorithm, sampler and task import: an option of your own
     (a YAML file in your --config-dir naming a module of yours) fails here in one line, before any
     warm start, where its module is not importable (a module in the --config-dir folder is)."""
-    from hydra._internal.utils import _locate  # hydra.utils.get_class, without its logged error lines
-
     for group in ("algorithm", "sampler", "task"):
         target = (cfg.get(group) or {}).get("_target_")
-        if not isinstance(target, str):
-            continue
-        try:
-            _locate(target)
-        except Exception as error:  # noqa: BLE001 - ImportError, AttributeError, ...: one line
-            reason = (str(error.__cause__ or error).strip().splitlines() or [""])[0]
+        reason = import_error(target) if isinstance(target, str) else None
+        if reason is not None:
             raise ConfigError(f"{group}._target_={target!r} cannot be imported: {reason}; a module of your own goes "
-                              "in your --config-dir folder (importable) or on PYTHONPATH") from None
+                              "in your --config-dir folder (importable) or on PYTHONPATH")
+
+
+def import_error(target: str) -> str | None:
+    """Why `target` (a dotted path) cannot be imported, in one line; None if it can."""
+    from hydra._internal.utils import _locate  # hydra.utils.get_object, without its logged error lines
+
+    try:
+        _locate(target)
+    except Exception as error:  # noqa: BLE001 - ImportError, AttributeError, ...
+        return (str(error.__cause__ or error).strip().splitlines() or [""])[0]
+    return None
 
 
 def check_targets(cfg, defaults) -> None:
     """Every `_target_` the command line changed names an importable class or function (a typo fails
     here, not after the warm start); the experiment's own are imported when the job builds them."""
-    from hydra._internal.utils import _locate  # hydra.utils.get_object, without its logged error lines
-
     def walk(node, shipped, path: str):
         if isinstance(node, dict):
             shipped = shipped if isinstance(shipped, dict) else {}
             target = node.get("_target_")
-            if isinstance(target, str) and target != shipped.get("_target_"):
-                try:
-                    _locate(target)
-                except Exception as error:  # noqa: BLE001 - ImportError, AttributeError, ...: one line
-                    reason = (str(error.__cause__ or error).strip().splitlines() or [""])[0]
-                    raise ConfigError(f"{path}_target_={target!r} cannot be imported: {reason}") from None
+            if isinstance(target, str) and target != shipped.get("_target_") and import_error(target) is not None:
+                raise ConfigError(f"{path}_target_={target!r} cannot be imported: {import_error(target)}")
             for key, value in node.items():
                 walk(value, shipped.get(key), f"{path}{key}.")
         elif isinstance(node, list):
