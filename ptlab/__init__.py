@@ -10,14 +10,18 @@
 
 The overrides are the command line's: the same composition (Hydra's compose API on conf/, a
 `config_dir` folder like --config-dir), the same checks before any work (a bad value raises
-schema.ConfigError naming the key), the same output directory (`hydra.run.dir`, by default
+ptlab.errors.ConfigError naming the key), the same output directory (`hydra.run.dir`, by default
 outputs/<date>/<time>) and files. A run that fails writes its summary.json with the error and
 raises; a completed run in the same directory is not repeated, an unfinished one resumes. Sweeps
 and launchers (-m, joblib, SLURM) are the CLI's.
 """
 from pathlib import Path
 
+from ptlab.paths import user_folders_last
+
 __all__ = ["train"]
+
+user_folders_last()  # before anything imports a library: a user's file cannot stand in for one
 
 
 def train(overrides: list[str] | tuple = (), config_dir: str | Path | None = None) -> dict:
@@ -26,11 +30,13 @@ def train(overrides: list[str] | tuple = (), config_dir: str | Path | None = Non
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf, open_dict
 
-    import run
-    from schema import ConfigError
-    from training.outputs import holds
-    from training.prelaunch import check_command_line, hydra_as_run_py, import_user_folder
-    from training.summary import write_failure
+    from ptlab import run
+    from ptlab.checks import check_command_line
+    from ptlab.checks.jobs import hydra_as_run_py
+    from ptlab.errors import ConfigError
+    from ptlab.paths import import_user_folder
+    from ptlab.training.outputs import holds
+    from ptlab.training.summary import write_failure
 
     overrides = [str(item) for item in overrides]
     args = overrides + (["--config-dir", str(config_dir)] if config_dir else [])

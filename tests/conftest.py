@@ -9,8 +9,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from models.tokenizer import char_tokenizer
-from training.rollout import Rollout
+from ptlab.models.tokenizer import char_tokenizer
+from ptlab.training.rollout import Rollout
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 

@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import schema
+from ptlab.checks import schema
 
 ROOT = Path(__file__).resolve().parent.parent
 # Groups whose options are whole runs' settings; the launcher and logging groups are Hydra's.

@@ -10,7 +10,7 @@ from tests.test_run import ROOT
 # glibc's largest mmap threshold, 32 MiB: by default each is mapped on allocation and unmapped on free).
 SECOND_TENSOR_FAULTS = """
 import resource, sys, torch
-from training.allocator import reuse_freed_memory
+from ptlab.training.allocator import reuse_freed_memory
 if sys.argv[1] == "on":
     assert reuse_freed_memory()
 x = torch.ones(2**24); del x

@@ -1,8 +1,8 @@
-"""python -m bench: the arithmetic of its table (the timings themselves are figures, not tests)."""
+"""python -m ptlab.bench: the arithmetic of its table (the timings themselves are figures, not tests)."""
 import pytest
 import torch
 
-from bench.throughput import main, spec, summarise, table
+from ptlab.bench.throughput import main, spec, summarise, table
 
 
 def record(step, generation=0.5, update=1.0, trained=100, parameters=1000):
@@ -33,7 +33,7 @@ def test_bad_arguments_are_refused_before_any_worker_starts():
 
 
 def test_the_scaling_table_gives_ratios_to_trl_and_time_per_unit():
-    from bench.throughput import scaling_table
+    from ptlab.bench.throughput import scaling_table
 
     points = {"tiny:16x2:64": {"ptlab-grpo": {"step": (0.2, 0, 0)}, "trl": {"step": (0.4, 0, 0)}},
               "tiny:16x4:64": {"ptlab-grpo": {"step": (0.4, 0, 0)}, "trl": {"step": (0.5, 0, 0)}}}
@@ -44,9 +44,9 @@ def test_the_scaling_table_gives_ratios_to_trl_and_time_per_unit():
 def test_update_flops_count_a_shared_prompt_once(tokenizer):
     """ptlab runs a prompt its group repeats once (models/lm.py), so its update's FLOPs count that
     prompt once; trained tokens (the tokens scored, the same work for both frameworks) count every copy."""
-    from bench.throughput import forwarded_tokens, trained_tokens
+    from ptlab.bench.throughput import forwarded_tokens, trained_tokens
     from tests.conftest import tiny_lm
-    from training.rollout import encode_prompts
+    from ptlab.training.rollout import encode_prompts
 
     model = tiny_lm(tokenizer)
     prompt_ids, prompt_mask = encode_prompts(tokenizer, ["1 + 2="] * 3 + ["30="] * 3)  # 7 and 4 tokens with <bos>
@@ -61,7 +61,7 @@ def test_update_flops_count_a_shared_prompt_once(tokenizer):
 
 @pytest.mark.slow  # three runs with a warm start (about 40 s): the bench, not the library
 def test_step_cost_runs_each_lever_and_reads_the_reference_evaluation_back(tmp_path):
-    from bench.step_cost import main as step_cost
+    from ptlab.bench.step_cost import main as step_cost
     from tests.test_run import TINY
 
     rows = step_cost(["--model", "tiny", "--task", "chain_sum", "--steps", "2", "--levers", "4,5,6",

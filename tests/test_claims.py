@@ -9,10 +9,10 @@ import pytest
 import yaml
 from scipy import stats as scipy_stats
 
-from sweeps import claims, stats
-from sweeps.replicate import configurations, verdict
-from sweeps.report import main as report
-from sweeps.runs import load_runs, matches
+from ptlab.sweeps import claims, stats
+from ptlab.sweeps.replicate import configurations, verdict
+from ptlab.sweeps.report import main as report
+from ptlab.sweeps.runs import load_runs, matches
 
 
 def test_holm_by_hand():
@@ -111,7 +111,7 @@ def test_declared_claims_are_corrected_and_labelled(tmp_path):
 
 
 def test_arms_equal_on_every_seed_are_marked_and_many_pairs_fold(tmp_path, monkeypatch):
-    import sweeps.report
+    import ptlab.sweeps.report
 
     for seed, gain in enumerate([0.05, 0.07, 0.06, 0.065]):
         for algorithm, value in [("gvpo", 0.3 + gain), ("grpo", 0.3 + gain / 2), ("sapo", 0.3 + gain / 2), ("rloo", 0.3)]:
@@ -124,7 +124,7 @@ def test_arms_equal_on_every_seed_are_marked_and_many_pairs_fold(tmp_path, monke
     assert len(rows) == 8 and "| algorithm=grpo - algorithm=sapo | 4 | 0 | equal in all 4 units |  |  |  |" in rows
     assert "| algorithm=rloo - reference | 4 | 0 | equal in all 4 units |  |  |  |" in rows
     assert "| q (BH, 6 pairs) |" in exploratory and "<details>" not in exploratory
-    monkeypatch.setattr(sweeps.report, "FOLD", 5)
+    monkeypatch.setattr(ptlab.sweeps.report, "FOLD", 5)
     folded = report([str(tmp_path), "--metrics", "val/accuracy", "--plot", ""])
     q_values = [float(line.strip("|").split("|")[-1]) for line in rows if line.strip("|").split("|")[-1].strip()]
     summary = f"<details><summary>8 pairs, {sum(q < 0.05 for q in q_values)} with q below 0.05</summary>"
@@ -231,7 +231,7 @@ def test_selectors_compare_numbers_by_value(tmp_path):
 
 
 def test_a_bad_declaration_is_refused_naming_the_key():
-    from schema import ConfigError
+    from ptlab.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"study.claims\[0\].expect='up' is not allowed"):
         claims.declared({**STUDY, "claims": [{"a": "algorithm=gvpo", "b": "reference", "expect": "up"}]})

@@ -4,11 +4,12 @@ from pathlib import Path
 import pytest
 from hydra.utils import get_class, instantiate
 
-from models.build import build_base, prepare_policy
-from schema import ConfigError
+from ptlab.models.build import build_base, prepare_policy
+from ptlab.errors import ConfigError
 from tests.conftest import CONF_DIR, compose_config, tiny_lm
-from training.assemble import policy_options
-from training.checks import check_config, check_overrides, group_options
+from ptlab.training.assemble import policy_options
+from ptlab.checks import check_config
+from ptlab.checks.commands import check_overrides, group_options
 
 SMALL_TASK = ["task.train_size=64", "task.val_size=8"]
 
@@ -57,7 +58,7 @@ def test_task_seeds_draw_other_rows_and_a_fingerprint_tells_them_apart(tmp_path)
     # same items shifted by one, so task.seed would redraw nothing
     import reasoning_gym
 
-    from tasks.base import fingerprint
+    from ptlab.tasks.base import fingerprint
 
     tasks = {seed: instantiate(compose_config(["task=chain_sum", *SMALL_TASK, f"task.seed={seed}"], tmp_path).task)
              for seed in (0, 1)}
@@ -161,8 +162,8 @@ def test_a_user_config_folder_adds_group_options(tmp_path):
 
 
 def test_gsm_symbolic_builds_and_scores_extracted_answers():
-    from rewards.reasoning_gym import ReasoningGymScore
-    from tasks.reasoning_gym import ReasoningGymTask
+    from ptlab.rewards.reasoning_gym import ReasoningGymScore
+    from ptlab.tasks.reasoning_gym import ReasoningGymTask
 
     task = ReasoningGymTask("gsm_symbolic", ReasoningGymScore("gsm_symbolic", extract="last_number"), train_size=6,
                             val_size=2, val_fraction=0.5)
@@ -175,7 +176,7 @@ def test_the_logged_config_names_each_group_s_option_and_keeps_the_task_s_datase
     """W&B's config once showed task.name: chain_sum for task=chain_sum_chat (the node's own name won)."""
     from hydra.core.hydra_config import HydraConfig
 
-    from training.summary import logged_config
+    from ptlab.training.summary import logged_config
 
     cfg = compose_config(["task=chain_sum_chat", "model=tiny", "algorithm=grpo"], tmp_path)
     logged = logged_config(cfg, dict(HydraConfig.get().runtime.choices))
@@ -186,17 +187,17 @@ def test_the_logged_config_names_each_group_s_option_and_keeps_the_task_s_datase
 def test_an_algorithm_of_your_own_from_your_config_folder_trains_and_a_missing_module_is_one_line(tmp_path, monkeypatch):
     """docs/usage.md's recipe: a weight rule in a module of the --config-dir folder and a YAML file naming it.
     Weights 0 on every token must leave the policy as it started: the run trained with the user's weights."""
-    import run
+    from ptlab import run
 
     folder = tmp_path / "my_conf"
     (folder / "algorithm").mkdir(parents=True)
     (folder / "my_algos.py").write_text(
-        "from algorithms.base import Algorithm\n\n\n"
+        "from ptlab.algorithms.base import Algorithm\n\n\n"
         "class Frozen(Algorithm):\n"
         "    def weights(self, logprobs, rollout):\n"
         "        return 0.0 * rollout.response_mask.to(logprobs.dtype), {'calls': 1.0}\n")
     (folder / "algorithm" / "frozen.yaml").write_text("_target_: my_algos.Frozen\ngroup_size: ${sampler.group_size}\n")
-    monkeypatch.syspath_prepend(str(folder))  # what run.py does for --config-dir (training/prelaunch.py)
+    monkeypatch.syspath_prepend(str(folder))  # what run.py does for --config-dir (ptlab/paths.py)
     overrides = [f"hydra.searchpath=[file://{folder}]", "algorithm=frozen", "task=exact", "model=tabular",
                  "trainer.max_steps=2", "logger=none", f"cache_dir={tmp_path / 'cache'}"]
     summary = run.train(compose_config(overrides, tmp_path / "run"))
@@ -214,7 +215,7 @@ def test_every_shipped_algorithm_writes_its_native_objective():
     the base class's surrogate (which would make that check pass whatever the weights)."""
     import yaml
 
-    from algorithms.base import Algorithm
+    from ptlab.algorithms.base import Algorithm
 
     for name in group_options("algorithm"):
         node = yaml.safe_load((CONF_DIR / "algorithm" / f"{name}.yaml").read_text())

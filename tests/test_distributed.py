@@ -10,10 +10,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-import parallel
-from algorithms import advantages as adv
+from ptlab import parallel
+from ptlab.algorithms import advantages as adv
 from tests.test_run import ROOT
-from training.data import PromptOrder
+from ptlab.training.data import PromptOrder
 
 
 def test_prompt_order_splits_each_global_batch_between_ranks(monkeypatch):
@@ -138,8 +138,8 @@ def test_the_slurm_launcher_config_composes_with_its_fields_from_the_trainer():
 def test_a_launcher_whose_plugin_is_missing_is_refused_naming_the_install(monkeypatch):
     import importlib.util
 
-    from schema import ConfigError
-    from training.checks import check_overrides
+    from ptlab.errors import ConfigError
+    from ptlab.checks.commands import check_overrides
 
     check_overrides(["hydra/launcher=joblib"])  # installed here (the dev extra)
     real = importlib.util.find_spec
@@ -152,8 +152,8 @@ def test_a_launcher_whose_plugin_is_missing_is_refused_naming_the_install(monkey
 def test_a_local_sweep_of_multi_process_jobs_is_refused_and_a_slurm_one_is_not(tmp_path, monkeypatch):
     """Lightning starts a job's other processes once per Python process: a local sweep of DDP jobs
     would run its first job only. Each SLURM job is a process of its own."""
-    from schema import ConfigError
-    from training.prelaunch import check_command_line
+    from ptlab.errors import ConfigError
+    from ptlab.checks import check_command_line
 
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError, match=r"trainer.devices=2 .* in a sweep: .*hydra/launcher=slurm"):

@@ -23,7 +23,7 @@ def test_every_link_names_a_file_of_the_repository(page):
 
 
 def test_the_usage_table_of_config_groups_lists_every_option():
-    from training.checks import group_options
+    from ptlab.checks.commands import group_options
 
     rows = {match[0]: match[1] for match in re.findall(r"^\| `([a-z_/]+)` \| (.*?) \|", (ROOT / "docs" / "usage.md").read_text(), re.M)}
     for group in ("algorithm", "sampler", "model", "task", "warmstart", "generation", "optimizer", "scheduler", "trainer",

@@ -5,12 +5,12 @@ import math
 import pytest
 import torch
 
-import run
-from models.lm import restrict_vocabulary
-from models.tabular import TabularLM
-from tasks.exact import ExactTask, enumerate_responses
+from ptlab import run
+from ptlab.models.lm import restrict_vocabulary
+from ptlab.models.tabular import TabularLM
+from ptlab.tasks.exact import ExactTask, enumerate_responses
 from tests.conftest import compose_config, tiny_lm
-from training.evaluation import exact_metrics
+from ptlab.training.evaluation import evaluator_for, exact_metrics
 
 
 def test_enumeration_lists_every_response_once():
@@ -63,7 +63,7 @@ def test_exact_metrics_match_brute_force_on_two_prompts_and_three_responses(toke
         torch.nn.init.normal_(model.table, std=1.0)
     restrict_vocabulary(model, tokenizer, task.response_tokens)
     allowed = sorted({tokenizer.convert_tokens_to_ids("a"), tokenizer.eos_token_id})
-    evaluator = task.evaluator(model, tokenizer, None, beta=0.7)
+    evaluator = evaluator_for(task, model, tokenizer, None, beta=0.7)
     log_pi = evaluator.log_probs(model)
     brute = torch.tensor([[brute_force_logprob(model, tokenizer, p, r, 2, allowed) for r in task.responses]
                           for p in task.prompts], dtype=torch.float64)

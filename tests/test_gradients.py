@@ -3,14 +3,15 @@
 import pytest
 import torch
 
-from algorithms.dpo import DPO
-from algorithms.grpo import GRPO
-from algorithms.gvpo import GVPO
-from algorithms.rs import RS
-from algorithms.sft import SFT
-from models.lm import token_logprobs
+from ptlab.algorithms.dpo import DPO
+from ptlab.algorithms.grpo import GRPO
+from ptlab.algorithms.gvpo import GVPO
+from ptlab.algorithms.policy_losses import POLICY_LOSSES
+from ptlab.algorithms.rs import RS
+from ptlab.algorithms.sft import SFT
+from ptlab.models.lm import token_logprobs
 from tests.conftest import rollout_from_lists
-from training.module import weighted_log_likelihood_loss
+from ptlab.training.module import weighted_log_likelihood_loss
 
 
 def grads(model, loss):
@@ -246,7 +247,23 @@ def test_kl_cov_penalises_the_top_covariance_tokens_with_the_absolute_log_ratio(
     assert g_native.abs().max() > 1e-4 and torch.allclose(g_surrogate, g_native, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("policy_loss", ["ppo", "gspo", "cispo", "gmpo", "sapo", "gpg", "clip_cov", "kl_cov"])
+@pytest.mark.parametrize("policy_loss", sorted(POLICY_LOSSES))
+def test_every_registered_policy_loss_with_its_kl_in_the_loss_and_ratios_away_from_one(model, policy_loss):
+    """Every loss of algorithms/policy_losses/ (a new file there is picked up here): its weights, with the k3
+    term in the loss, are the gradient of its objective on a batch sampled by another policy (ratios away
+    from 1, so clipping, capping and gating act) with one advantage per response."""
+    rollout = scored_rollout(model, REWARDS, 4, LENGTHS, sampler_shift=0.5)
+    algorithm = GRPO(beta=0.1, group_size=4, policy_loss=policy_loss, clip_eps=0.2, clip_eps_high=0.28,
+                     cov_fraction=0.2, cov_low=-9.0, cov_high=9.0)
+    algorithm.prepare(rollout)
+    old = rollout.sampler_logprobs
+    ratio = torch.exp(logprobs_of(model, rollout).detach() - old)[rollout.response_mask.bool()]
+    assert (ratio > 1.28).any() and (ratio < 0.8).any()  # beyond the clip range both ways
+    torch.manual_seed(0)
+    assert_same_gradient(model, algorithm, rollout)
+
+
+@pytest.mark.parametrize("policy_loss", sorted(POLICY_LOSSES))
 def test_every_policy_loss_keeps_its_objectives_gradient_when_the_advantage_varies_over_the_tokens(model, policy_loss):
     """With the KL credited to go (REINFORCE++, ReMax) each token has its own advantage: the weights
     must still be the gradient of the objective (GSPO: its GSPO-token form; GMPO: the response's mean

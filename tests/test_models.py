@@ -2,11 +2,11 @@
 import pytest
 import torch
 
-from models.generation import HFGenerator, response_mask_after_eos
-from models.lm import token_logprobs
-from models.reference import FrozenReference
+from ptlab.models.generation import HFGenerator, response_mask_after_eos
+from ptlab.models.lm import token_logprobs
+from ptlab.models.reference import FrozenReference
 from tests.conftest import tiny_lm
-from training.rollout import Rollout, encode_prompts, encode_responses
+from ptlab.training.rollout import Rollout, encode_prompts, encode_responses
 
 
 def test_char_tokenizer_round_trip_and_specials(tokenizer):
@@ -132,7 +132,7 @@ def test_a_repeated_prompt_is_read_once_and_gives_the_same_responses(tokenizer):
 def test_chosen_logprobs_match_autograd_through_log_softmax_and_gather():
     """The fused log-prob (models/lm.py ChosenLogprobs): values, entropy and gradient equal the
     generic form's, in double precision, on random logits with a random upstream gradient."""
-    from models.lm import ChosenLogprobs
+    from ptlab.models.lm import ChosenLogprobs
 
     torch.manual_seed(0)
     logits = torch.randn(3, 5, 11, dtype=torch.float64, requires_grad=True)
@@ -152,7 +152,7 @@ def test_token_logprobs_take_the_same_values_and_gradients_on_the_fused_path(mon
     entropy and the weights' gradient equal the generic path's."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    import models.lm as lm
+    import ptlab.models.lm as lm
 
     config = LlamaConfig(vocab_size=lm.FUSED_MIN_VOCAB + 7, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                          num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32)
@@ -179,7 +179,7 @@ def logprobs_and_gradients(model, batch, upstream, entropy, buckets: int, positi
     """token_logprobs of `batch` (prompt ids, prompt mask, response ids, response mask), backward of
     sum(upstream * log-probs) (+ the entropy's sum when entropy="grad"): (log-probs, entropy, the
     trainable weights' gradients, the positions the model saw per forward, as `positions` records them)."""
-    import models.lm as lm
+    import ptlab.models.lm as lm
 
     model.zero_grad()
     positions.clear()
@@ -196,7 +196,7 @@ def test_length_buckets_give_the_whole_batch_values_and_gradients_from_fewer_pos
     """token_logprobs(buckets=3) sorts rows by response length, runs each bucket cut to its longest
     row and puts the outputs back: log-probs, entropy and the weights' gradient (in float64) equal the
     one-batch forward's, rows in their places, and the model sees fewer positions than B x (P + T)."""
-    import models.lm as lm
+    import ptlab.models.lm as lm
 
     if fused:  # the ChosenLogprobs path of large vocabularies
         monkeypatch.setattr(lm, "FUSED_MIN_VOCAB", 0)
@@ -221,7 +221,7 @@ def test_length_buckets_give_the_whole_batch_values_and_gradients_from_fewer_pos
 
 def test_fewest_buckets_stops_splitting_where_a_split_saves_no_padding():
     """Rows sorted by response length; a bucket costs its rows x (longest prompt + longest response)."""
-    from models.lm import fewest_buckets
+    from ptlab.models.lm import fewest_buckets
 
     prompts = torch.full((8,), 2)
     # 4 buckets: 2*(2+1) + 2*(2+1) + 2*(2+8) + 2*(2+8) = 52 positions; 2 buckets: 4*3 + 4*10 = 52; 1: 8*10 = 80
@@ -241,8 +241,8 @@ def test_shared_prompts_give_the_whole_sequence_values_and_gradients_from_fewer_
     """Groups that repeat a prompt: each distinct prompt runs once and its responses read its keys and
     values. Log-probs, entropy and every weight's gradient (float64) equal the whole-sequence forward's
     (the shared path switched off), rows in place, with fewer positions through the model."""
-    import models.lm as lm
-    from models.build import add_lora
+    import ptlab.models.lm as lm
+    from ptlab.models.build import add_lora
 
     if fused:  # the ChosenLogprobs path of large vocabularies
         monkeypatch.setattr(lm, "FUSED_MIN_VOCAB", 0)
@@ -288,8 +288,8 @@ def test_the_critic_reads_a_shared_prompt_once_with_the_whole_sequence_values_an
     """PPO's critic (models/value.py) runs a prompt its group repeats once and its rows in buckets of
     similar response length, as the log-probs do: values and the gradients of its weights (float64)
     equal one forward of the whole sequences, rows in place, with fewer positions through its decoder."""
-    import models.value as value
-    from models.build import add_lora
+    import ptlab.models.value as value
+    from ptlab.models.build import add_lora
 
     policy = tiny_lm(tokenizer, seed=5).double()
     if lora:
@@ -327,7 +327,7 @@ def test_the_critic_reads_a_shared_prompt_once_with_the_whole_sequence_values_an
 def test_shared_prompts_step_aside_where_they_cannot_apply(tokenizer):
     """Distinct prompts, one-column prompts, and gradient checkpointing in training mode (which drops
     the KV cache the shared path fills) take the whole-sequence forward."""
-    import models.lm as lm
+    import ptlab.models.lm as lm
 
     model = tiny_lm(tokenizer)
     repeated = encode_prompts(tokenizer, ["1 + 2="] * 2 + ["3="] * 2)
@@ -389,7 +389,7 @@ def test_shared_prompt_gradients_are_the_same_bit_for_bit_every_time():
     calls here, and runs with the same seed between processes)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    import models.lm as lm
+    import ptlab.models.lm as lm
 
     config = LlamaConfig(vocab_size=99, hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
                          num_key_value_heads=4, max_position_embeddings=128)

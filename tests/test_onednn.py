@@ -3,13 +3,13 @@ import pytest
 import torch
 from torch import nn
 
-from models.build import add_lora, prepare_policy
-from models.generation import HFGenerator
-from models.lm import token_logprobs
-from models.onednn import available, onednn_linears
-from models.reference import AdapterReference, FrozenReference
+from ptlab.models.build import add_lora, prepare_policy
+from ptlab.models.generation import HFGenerator
+from ptlab.models.lm import token_logprobs
+from ptlab.models.onednn import available, onednn_linears
+from ptlab.models.reference import AdapterReference, FrozenReference
 from tests.conftest import tiny_lm
-from training.rollout import encode_prompts, encode_responses
+from ptlab.training.rollout import encode_prompts, encode_responses
 
 pytestmark = pytest.mark.skipif(not available(), reason="this torch build has no oneDNN")
 

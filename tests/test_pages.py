@@ -9,12 +9,12 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from sweeps import claims, pages, replicate
-from sweeps.report import main as report
-from sweeps.runs import load_runs
+from ptlab.sweeps import claims, pages, replicate
+from ptlab.sweeps.report import main as report
+from ptlab.sweeps.runs import load_runs
 from tests.test_run import TINY, cli
-from training.checks import group_options
-from training.summary import code_version
+from ptlab.checks.commands import group_options
+from ptlab.training.summary import code_version
 
 STUDIES = [name for name in group_options("experiment") if name != "optuna_lr"]  # optuna_lr tunes, it claims nothing
 SUBDIR = ["hydra.sweep.subdir=${hydra:job.num}"]  # the overrides would make too long a directory name
@@ -43,7 +43,7 @@ def test_shipped_pages_match_their_experiment_and_are_not_edited_by_hand():
         experiment = data["experiment"] if data.get("compose") is None else None  # a bench's page: the default config
         assert data["config_hash"] == pages.config_hash(experiment), (
             f"{path.name} was generated from another config of experiment={data['experiment']}: re-run it and "
-            f"regenerate the page (python -m sweeps.report multirun/{data['experiment']} --page)")
+            f"regenerate the page (python -m ptlab.sweeps.report multirun/{data['experiment']} --page)")
         assert path.with_suffix(".md").read_text() == pages.render_page(data), f"{path.with_suffix('.md').name} was edited by hand"
 
 
@@ -127,7 +127,7 @@ def test_replication_runs_new_seeds_and_lands_on_the_page(default_study, tmp_pat
     record = replicate.main(["default", "--seeds", "10-12", "--dir", str(tmp_path / "again"), *SMALL, *SUBDIR])
     assert sorted(json.loads(p.read_text())["seed"] for p in (tmp_path / "again").rglob("summary.json")) == [10, 11, 12]
     assert [row["replication"] for row in record["claims"]] and all(row["units"] == 3 for row in record["claims"])
-    assert record["provenance"]["seeds"] == [10, 11, 12] and record["command"].startswith("python -m sweeps.replicate default --seeds 10-12")
+    assert record["provenance"]["seeds"] == [10, 11, 12] and record["command"].startswith("python -m ptlab.sweeps.replicate default --seeds 10-12")
     page = (tmp_path / "results" / "default.md").read_text()
     assert "## Replication on seeds 10-12" in page and page.count("**original not significant**") + page.count(
         "**replicated**") + page.count("**not replicated**") + page.count("**inconclusive**") == 2

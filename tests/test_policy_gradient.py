@@ -3,12 +3,12 @@ gradient against the clipped surrogate written directly."""
 import pytest
 import torch
 
-from algorithms import advantages as adv
-from algorithms.dpo import DPO
-from algorithms.grpo import GRPO
-from algorithms.ppo import PPO
-from models.lm import token_logprobs
-from models.value import critic_for
+from ptlab.algorithms import advantages as adv
+from ptlab.algorithms.dpo import DPO
+from ptlab.algorithms.grpo import GRPO
+from ptlab.algorithms.ppo import PPO
+from ptlab.models.lm import token_logprobs
+from ptlab.models.value import critic_for
 from tests.conftest import rollout_from_lists
 from tests.test_gradients import LENGTHS, REWARDS, assert_same_gradient, logprobs_of, scored_rollout
 
@@ -40,6 +40,27 @@ def test_outcome_advantages_by_hand():
     assert torch.allclose(loo, torch.tensor([1.0, -0.5, -0.5, 0.0, 0.0, 0.0]))  # R_i - mean of the others
     batch = adv.outcome_advantages(rewards, 3, "group_mean", "batch", 0.0)
     assert torch.allclose(batch, (rewards - torch.tensor([1 / 3] * 3 + [1.0] * 3)) / rewards.std())
+
+
+# Every registered baseline on one input worked by hand: two groups of 3, rewards [1, 0, 0.5 | 0, 0, 1], lengths
+# [2, 4, 2 | 1, 1, 2], greedy rewards 0.5 and 0 (a baseline added to algorithms/advantages.py needs its line here)
+BY_HAND = {
+    "group_mean": [0.5, -0.5, 0.0, -1 / 3, -1 / 3, 2 / 3],  # group means 0.5 and 1/3
+    "leave_one_out": [0.75, -0.75, 0.0, -0.5, -0.5, 1.0],  # R_i - mean of the other two
+    "length_weighted": [0.625, -0.375, 0.125, -0.5, -0.5, 0.5],  # b = (2 + 0 + 1) / 8 and (0 + 0 + 2) / 4
+    "leave_one_out_max": [0.5, 0.0, 0.0, 0.0, 0.0, 1.0],  # the best's gap to the second best, 0 elsewhere
+    "greedy": [0.5, -0.5, 0.0, 0.0, 0.0, 1.0],
+    "none": [1.0, 0.0, 0.5, 0.0, 0.0, 1.0],
+}
+
+
+@pytest.mark.parametrize("baseline", sorted(adv.BASELINES))
+def test_every_registered_baseline_by_hand(baseline):
+    assert baseline in BY_HAND, f"baseline {baseline!r} is registered but has no hand-computed case here"
+    rewards, lengths = torch.tensor([1.0, 0.0, 0.5, 0.0, 0.0, 1.0]), torch.tensor([2, 4, 2, 1, 1, 2])
+    greedy = torch.tensor([0.5] * 3 + [0.0] * 3)
+    advantages = adv.outcome_advantages(rewards, 3, baseline, "none", 1e-4, lengths=lengths, greedy_rewards=greedy)
+    assert torch.allclose(advantages, torch.tensor(BY_HAND[baseline]))
 
 
 def test_the_catalogues_baselines_by_hand():

@@ -9,21 +9,21 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from algorithms.gvpo import GVPO
-from models.build import add_lora, check_lora_targets
-from models.export import export_policy
-from models.lm import token_logprobs
-from models.reference import AdapterReference, reference_for
-from models.value import critic_for
-from rewards.extract import answer_tag, last_number
-from rewards.format import Matches
-from rewards.match import AnswerMatch
-from rewards.weighted import WeightedSum
-from schema import ConfigError
-from tasks.base import TextTask, render_chat
+from ptlab.algorithms.gvpo import GVPO
+from ptlab.models.build import add_lora, check_lora_targets
+from ptlab.models.export import export_policy
+from ptlab.models.lm import token_logprobs
+from ptlab.models.reference import AdapterReference, reference_for
+from ptlab.models.value import critic_for
+from ptlab.rewards.extract import answer_tag, last_number
+from ptlab.rewards.format import Matches
+from ptlab.rewards.match import AnswerMatch
+from ptlab.rewards.weighted import WeightedSum
+from ptlab.errors import ConfigError
+from ptlab.tasks.base import TextTask, render_chat
 from tests.conftest import rollout_from_lists, tiny_lm
-from training.module import PostTrainingModule
-from training.rollout import encode_prompts
+from ptlab.training.module import PostTrainingModule
+from ptlab.training.rollout import encode_prompts
 
 CHAT_TEMPLATE = ("{{ bos_token }}{% for m in messages %}[{{ m['role'] }}]{{ m['content'] }}|{% endfor %}"
                  "{% if add_generation_prompt %}[assistant]{% endif %}")
@@ -183,7 +183,7 @@ def test_an_exported_policy_reloads_with_the_same_logprobs(tokenizer, tmp_path, 
 
 
 def test_log_probs_made_in_trimmed_parts_equal_the_whole_batch(tokenizer):
-    from training.rollout import Rollout, encode_responses
+    from ptlab.training.rollout import Rollout, encode_responses
 
     policy = tiny_lm(tokenizer)
     module = PostTrainingModule(policy=policy, tokenizer=tokenizer, algorithm=GVPO(beta=0.1, group_size=2), sampler=None,
@@ -205,7 +205,7 @@ def test_a_reward_model_scores_each_completion_as_its_own_forward_does(tokenizer
     (padded) it gives each (prompt, completion) the logit a forward of that text alone gives."""
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
-    from rewards.model import RewardModel
+    from ptlab.rewards.model import RewardModel
 
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                          num_attention_heads=2, num_key_value_heads=2, num_labels=1, pad_token_id=tokenizer.pad_token_id)
@@ -220,7 +220,7 @@ def test_a_reward_model_scores_each_completion_as_its_own_forward_does(tokenizer
     with torch.no_grad():
         alone = [model(**tokenizer(row["prompt"] + c, return_tensors="pt")).logits[0, 0].item() for c, row in zip(completions, rows)]
     assert scores == pytest.approx(alone, abs=1e-5) and len(set(round(s, 4) for s in scores)) == 4
-    from rewards import score
+    from ptlab.rewards import score
 
     assert score(reward, completions, rows)[0] == pytest.approx(alone, abs=1e-5)  # through ptlab's checks
 

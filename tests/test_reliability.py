@@ -13,15 +13,15 @@ import pytest
 import torch
 from datasets import Dataset
 
-import run
-from schema import ConfigError
-from storage import is_sealed
-from sweeps.runs import load_runs
+from ptlab import run
+from ptlab.errors import ConfigError
+from ptlab.storage import is_sealed
+from ptlab.sweeps.runs import load_runs
 from tests.conftest import compose_config
 from tests.test_run import ROOT, TINY
-from training.interrupts import Interrupted, StopOnSignal
-from training.outputs import OutputDirectoryTaken, claim
-from training.summary import write_config
+from ptlab.training.interrupts import Interrupted, StopOnSignal
+from ptlab.training.outputs import OutputDirectoryTaken, claim
+from ptlab.training.summary import write_config
 
 
 def start(args, cwd, cache_dir):
@@ -127,7 +127,7 @@ def test_a_lock_waiter_that_wakes_on_a_removed_lock_file_locks_the_new_one(tmp_p
     must not enter while another holds the lock of the path's new file."""
     import threading
 
-    from storage import file_lock
+    from ptlab.storage import file_lock
 
     path, inside, order = tmp_path / "x.lock", [], []
 
@@ -222,7 +222,7 @@ def test_a_truncated_warm_start_is_detected_and_rebuilt(tmp_path):
 
 
 def test_score_names_the_function_prompt_and_completion_or_scores_failures_by_option():
-    from rewards import RewardError, score
+    from ptlab.rewards import RewardError, score
 
     def half(completions, rows):
         return [1.0 if c == "2" else (None if c == "x" else 0.5) for c in completions]
@@ -397,7 +397,7 @@ def test_prompt_order_is_lightnings_shuffled_order_across_epochs_and_resumes_mid
     import torch
     from torch.utils.data import DataLoader
 
-    from training.data import as_rows, prompt_loader
+    from ptlab.training.data import as_rows, prompt_loader
 
     class Recorder(L.LightningModule):
         def __init__(self):
@@ -433,7 +433,7 @@ def test_the_tabular_policys_gradient_is_the_same_bit_for_bit_on_every_run():
     """Rows sharing a context add into one table row; the sum's order must not depend on the threads'
     timing (with `table[index]`, whose backward adds with atomics across threads, replay on the
     exact task ended two runs of one command with different weights)."""
-    from models.tabular import TabularLM
+    from ptlab.models.tabular import TabularLM
 
     torch.manual_seed(0)
     model = TabularLM(vocab_size=1000, capacity=64)
@@ -487,7 +487,7 @@ def test_a_damaged_checkpoint_is_moved_aside_and_the_run_starts_over_or_refused_
     ("truncated.parquet", None, "cannot be read as parquet: ArrowInvalid: Parquet magic bytes not found in footer"),
 ])
 def test_a_bad_data_file_is_refused_in_one_line_naming_the_file_and_record(name, content, message, tmp_path):
-    from tasks.files import FileTask
+    from ptlab.tasks.files import FileTask
 
     path = tmp_path / name
     if content is None:  # a Parquet file cut short
@@ -506,11 +506,11 @@ def test_every_cache_key_changes_with_each_input_that_determines_the_entry(tmp_p
     """The warm start, the reference evaluation, the offline data and the converted model are cached:
     each key changes when anything that determines the entry does (settings, drawn rows, ptlab's
     code, a user's reward file, library and package versions), and not with what does not."""
-    import storage
-    from models import gguf
-    from training.assemble import evaluation_context
-    from training.checks import build
-    from training.warmstart import cache_key
+    from ptlab import storage
+    from ptlab.models import gguf
+    from ptlab.training.assemble import evaluation_context
+    from ptlab.training.assemble import build
+    from ptlab.training.warmstart import cache_key
 
     base = ["task.train_size=64", "task.val_size=8"]
     warm = lambda *extra: cache_key(cfg := compose_config([*base, *extra], tmp_path), build(cfg.task))

@@ -8,9 +8,9 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from sweeps import stats
-from sweeps.plots import line_styles
-from sweeps.report import main, mean_ci
+from ptlab.sweeps import stats
+from ptlab.sweeps.plots import line_styles
+from ptlab.sweeps.report import main, mean_ci
 
 
 def test_mean_and_confidence_interval_by_hand():
@@ -60,7 +60,7 @@ def test_line_styles_past_the_colours_come_round_with_the_next_style():
 
 
 def test_a_study_with_many_arms_gets_its_final_gains_plotted_one_row_each(tmp_path):
-    from sweeps import plots
+    from ptlab.sweeps import plots
 
     for arm in range(plots.BANDS + 1):
         for seed in range(2):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import run
+from ptlab import run
 from tests.conftest import compose_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -169,7 +169,7 @@ def test_bad_input_is_refused_in_one_line_before_training(args, message, tmp_pat
     assert seconds < 30
 
 
-# Refused before Hydra starts a job (training/prelaunch.py): checked in-process, a few also through run.py
+# Refused before Hydra starts a job (ptlab/paths.py): checked in-process, a few also through run.py
 BAD_VALUES = [
     (["algorithm=foo"], "algorithm='foo' is not an option; choose one of: cispo, clip_cov, dapo, dpo, dr_grpo, gmpo, gpg, grpo, grpo_passk, gspo, gvpo, ipo, kl_cov, opo, ppo, reinforce_pp, reinforce_pp_baseline, remax, rloo, rs, sapo, sft"),
     (["algorithm=gvpo", "beta=0"], "beta=0 is not allowed for gvpo: it needs beta > 0"),
@@ -225,8 +225,8 @@ THROUGH_RUN_PY = ("lr=abc", "+unknown=1", "lr=3e-4)", "-m", "lr=${oc.env:PATH}",
 def test_bad_values_are_refused_before_launch_naming_the_key(args, message, tmp_path):
     from hydra.core.global_hydra import GlobalHydra
 
-    from schema import ConfigError
-    from training.prelaunch import check_command_line
+    from ptlab.errors import ConfigError
+    from ptlab.checks import check_command_line
 
     GlobalHydra.instance().clear()
     with pytest.raises(ConfigError) as refused:
@@ -307,7 +307,7 @@ def test_lora_bf16_autocast_and_accumulation_train_and_export(tmp_path, cache_di
     # the last checkpoint (step 2) exported on request is the policy the run exported at its end
     from safetensors.torch import load_file
 
-    from training.export import main as export_main
+    from ptlab.export import main as export_main
 
     out = export_main([str(tmp_path), "--out", str(tmp_path / "from_checkpoint")])
     at_end, from_checkpoint = load_file(tmp_path / "policy" / "model.safetensors"), load_file(out / "model.safetensors")
@@ -360,8 +360,8 @@ def test_the_evaluation_before_training_is_read_back_by_runs_that_share_it(tmp_p
 
 
 def test_a_lora_policy_evaluates_as_its_base_model_until_its_adapters_move():
-    from models.build import prepare_policy, tiny_llama
-    from training.evaluation import function_digest
+    from ptlab.models.build import prepare_policy, tiny_llama
+    from ptlab.training.evaluation import function_digest
 
     base = lambda seed=0: tiny_llama(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, seed=seed)[0]
     plain = function_digest(base())
@@ -377,7 +377,7 @@ def test_a_lora_policy_evaluates_as_its_base_model_until_its_adapters_move():
 
 
 def test_a_run_beside_busy_threads_is_warned_that_it_oversubscribes_the_cores():
-    from training.cores import others_running, oversubscription
+    from ptlab.training.cores import others_running, oversubscription
 
     assert oversubscription(threads=1, cores=2, others=1) is None  # one of a joblib sweep's two jobs: its share
     assert oversubscription(threads=2, cores=2, others=0) is None
@@ -422,7 +422,7 @@ def test_the_readme_s_own_reward_example_runs_as_written_from_a_folder_outside_t
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "completed" and "my_reward.py:correct" in (tmp_path / "run" / "config.yaml").read_text()
     # the function the run loaded scores as written: 1 for the answer, 0 otherwise, from keyword fields
-    from rewards.plain import Plain
+    from ptlab.rewards.plain import Plain
 
     reward = Plain(str(tmp_path / command.split("reward=", 1)[1]))
     rows = [{"prompt": "1 + 2=", "answer": "3", "entry": {}}, {"prompt": "2 + 2=", "answer": "4", "entry": {}}]
@@ -430,8 +430,8 @@ def test_the_readme_s_own_reward_example_runs_as_written_from_a_folder_outside_t
 
 
 def test_a_plain_reward_gets_the_fields_it_names_and_bad_references_are_one_line(tmp_path, monkeypatch):
-    from rewards.plain import Plain, adapt, load_function
-    from schema import ConfigError
+    from ptlab.rewards.plain import Plain, adapt, load_function
+    from ptlab.errors import ConfigError
 
     (tmp_path / "user_rewards.py").write_text(
         "def named(completions, answer, scale=1.0):\n    return [scale * (c == a) for c, a in zip(completions, answer)]\n"
@@ -453,9 +453,9 @@ def test_a_plain_reward_gets_the_fields_it_names_and_bad_references_are_one_line
         with pytest.raises(ConfigError, match=message):
             load_function(reference)
     # a _target_ naming a plain function, at any depth, becomes a Plain reward (Hydra would call it with no arguments)
-    spec = {"_target_": "rewards.weighted.WeightedSum", "terms": {"c": {"weight": 1.0, "fn": {"_target_": "user_rewards.named"}}}}
-    assert adapt(spec)["terms"]["c"]["fn"] == {"_target_": "rewards.plain.Plain", "fn": "user_rewards.named"}
-    assert adapt({"_target_": "rewards.match.AnswerMatch"}) == {"_target_": "rewards.match.AnswerMatch"}  # a class stays
+    spec = {"_target_": "ptlab.rewards.weighted.WeightedSum", "terms": {"c": {"weight": 1.0, "fn": {"_target_": "user_rewards.named"}}}}
+    assert adapt(spec)["terms"]["c"]["fn"] == {"_target_": "ptlab.rewards.plain.Plain", "fn": "user_rewards.named"}
+    assert adapt({"_target_": "ptlab.rewards.match.AnswerMatch"}) == {"_target_": "ptlab.rewards.match.AnswerMatch"}  # a class stays
 
 
 def test_without_a_terminal_no_phase_is_silent_for_longer_than_the_heartbeat(tmp_path):
@@ -485,7 +485,7 @@ def test_ptlab_train_from_a_python_script_outside_the_repository(tmp_path):
     script = tmp_path / "my_script.py"
     shrunk = [*TINY, "trainer.max_steps=2", "logger=none", f"hydra.run.dir={tmp_path / 'run'}"]
     script.write_text(
-        "import json, sys\nimport ptlab\nfrom schema import ConfigError\n"
+        "import json, sys\nimport ptlab\nfrom ptlab.errors import ConfigError\n"
         f"overrides = {shrunk!r}\n"
         "try:\n    ptlab.train(overrides + ['lr=abc'])\nexcept ConfigError as error:\n    print('refused:', error)\n"
         "summary = ptlab.train(overrides)\n"

@@ -7,20 +7,21 @@ import json
 import pytest
 import torch
 
-import run
-from schema import ConfigError
-from algorithms.gvpo import GVPO
-from models.generation import HFGenerator
-from models.lm import restrict_vocabulary, token_logprobs
-from models.reference import FrozenReference
-from models.tabular import TabularLM
-from tasks.exact import ExactTask
+from ptlab import run
+from ptlab.errors import ConfigError
+from ptlab.algorithms.gvpo import GVPO
+from ptlab.models.generation import HFGenerator
+from ptlab.models.lm import restrict_vocabulary, token_logprobs
+from ptlab.models.reference import FrozenReference
+from ptlab.models.tabular import TabularLM
+from ptlab.tasks.exact import ExactTask
 from tests.conftest import compose_config, rollout_from_lists
-from training.module import Budget
-from training.offline import Offline
-from training.rollout import concat
-from training.samplers import Reference, Replay, Stale, Uniform, uniform_token_logprobs
-from training.checks import build, group_options
+from ptlab.training.module import Budget
+from ptlab.training.offline import Offline
+from ptlab.training.rollout import concat
+from ptlab.training.samplers import Reference, Replay, Stale, Uniform, uniform_token_logprobs
+from ptlab.checks.commands import group_options
+from ptlab.training.assemble import build
 
 
 @pytest.fixture
@@ -129,7 +130,7 @@ def test_offline_data_stored_for_one_reward_table_is_scored_with_another_runs_ow
 
 
 def test_the_offline_cache_key_changes_with_each_input_that_determines_the_responses(tokenizer, exact, monkeypatch):
-    import storage
+    from ptlab import storage
 
     task, model = exact
     prompts = [row["prompt"] for row in task.rows]
@@ -226,7 +227,7 @@ def test_trl_s_per_step_diagnostics_by_hand(tokenizer):
     whose rewards are all equal, on a rollout built by hand."""
     from types import SimpleNamespace
 
-    from training.module import PostTrainingModule
+    from ptlab.training.module import PostTrainingModule
 
     rollout = rollout_from_lists([1.0, 1.0, 0.0, 1.0], group_size=2, lengths=[2, 4, 3, 4], max_len=4)
     eos = tokenizer.eos_token_id
@@ -250,7 +251,7 @@ class CountingGenerator(HFGenerator):
 
 
 def test_greedy_baseline_is_the_greedy_responses_reward_and_its_cost_is_in_the_budget(tokenizer, exact):
-    from training.samplers import OnPolicy
+    from ptlab.training.samplers import OnPolicy
 
     task, model = exact
     generator = CountingGenerator(max_new_tokens=task.max_new_tokens)
@@ -273,7 +274,7 @@ def test_dynamic_sampling_keeps_only_groups_with_spread_and_counts_every_draw(to
     """DAPO's dynamic sampling: a prompt whose rewards are all equal is replaced by fresh prompts
     from the training set; everything generated is in the budget; at the cap the batch is filled
     with dropped groups and the shortfall reported."""
-    from training.samplers import OnPolicy
+    from ptlab.training.samplers import OnPolicy
 
     task, model = exact
     flat = lambda completions, rows: [0.0 if row["index"] == 0 else task.reward([c], [row])[0] for c, row in zip(completions, rows)]
@@ -305,15 +306,15 @@ def test_dynamic_sampling_keeps_only_groups_with_spread_and_counts_every_draw(to
 def test_dynamic_sampling_under_data_parallelism_refills_each_rank_with_other_prompts(tokenizer, exact, monkeypatch):
     """Every rank draws the same permutation of the training set (the same RNG) and takes its own stride of
     it: two ranks replacing the same flat group refill it with different prompts."""
-    import training.samplers
-    from training.samplers import OnPolicy
+    import ptlab.training.samplers
+    from ptlab.training.samplers import OnPolicy
 
     task, model = exact
     flat = lambda completions, rows: [0.0 if row["index"] == 0 else task.reward([c], [row])[0] for c, row in zip(completions, rows)]
     refills = []
     for rank in (0, 1):
-        monkeypatch.setattr(training.samplers.parallel, "rank", lambda rank=rank: rank)
-        monkeypatch.setattr(training.samplers.parallel, "world_size", lambda: 2)
+        monkeypatch.setattr(ptlab.training.samplers.parallel, "rank", lambda rank=rank: rank)
+        monkeypatch.setattr(ptlab.training.samplers.parallel, "world_size", lambda: 2)
         sampler = OnPolicy(tokenizer, flat, CountingGenerator(max_new_tokens=task.max_new_tokens), group_size=4,
                            dynamic_sampling=True, max_extra_batches=5)
         sampler.setup(model, None, task)
@@ -327,8 +328,8 @@ def test_dynamic_sampling_under_data_parallelism_refills_each_rank_with_other_pr
 
 
 def test_soft_overlong_punishment_by_hand_and_rows_carry_the_response_lengths(tokenizer, exact):
-    from rewards.length import SoftOverlong, Truncated
-    from training.samplers import OnPolicy
+    from ptlab.rewards.length import SoftOverlong, Truncated
+    from ptlab.training.samplers import OnPolicy
 
     rows = [{"response_tokens": n, "truncated": n == 10} for n in (6, 8, 10, 11)]
     # DAPO Eq. 13 with L_max 10, L_cache 4: free up to 6, then (6 - n) / 4, -1 beyond 10
@@ -349,9 +350,9 @@ def test_soft_overlong_punishment_by_hand_and_rows_carry_the_response_lengths(to
 
 
 def test_overlong_filter_zeroes_the_gradient_of_truncated_responses_only(tokenizer):
-    from algorithms.grpo import GRPO
+    from ptlab.algorithms.grpo import GRPO
     from tests.conftest import tiny_lm
-    from training.module import PostTrainingModule
+    from ptlab.training.module import PostTrainingModule
 
     policy = tiny_lm(tokenizer)
     rollout = rollout_from_lists([1.0, 0.0, 0.5, 0.0], group_size=4, lengths=[3, 2, 4, 4], prompt_len=3)
@@ -382,7 +383,7 @@ def test_the_dapo_reward_in_the_usage_docs_builds_and_scores_length(tmp_path):
 
     from omegaconf import OmegaConf, open_dict
 
-    from training.checks import build_task
+    from ptlab.training.assemble import build_task
 
     text = (Path(__file__).resolve().parent.parent / "docs" / "usage.md").read_text()
     snippet = re.search(r"### DAPO's recipe.*?```yaml\n(.*?)```", text, re.DOTALL).group(1)
@@ -401,7 +402,7 @@ def test_the_dapo_reward_in_the_usage_docs_builds_and_scores_length(tmp_path):
 def test_a_sampler_of_your_own_takes_the_replaced_configs_keys_and_refuses_dynamic_sampling(tokenizer, exact):
     """A subclass of Sampler named by sampler._target_ gets on_policy's keys (dynamic sampling's off);
     asking it for dynamic sampling it cannot do is refused naming the key."""
-    from training.samplers import Sampler
+    from ptlab.training.samplers import Sampler
 
     class Mine(Sampler):
         pass

@@ -8,11 +8,11 @@ from pathlib import Path
 import matplotlib.image
 import pytest
 
-from sweeps.report import main as report
-from sweeps.runs import load_runs
+from ptlab.sweeps.report import main as report
+from ptlab.sweeps.runs import load_runs
 from tests.conftest import compose_config
 from tests.test_run import TINY, cli
-from training.checks import group_options
+from ptlab.checks.commands import group_options
 
 SMALL = [*TINY, "trainer.max_steps=4", "logger=csv", "trainer.log_every_n_steps=1"]
 
@@ -92,7 +92,7 @@ def test_every_shipped_sweep_composes_with_a_wandb_group_and_tags(experiment, tm
 
 
 def test_a_multirun_without_a_sweep_name_is_grouped_by_its_sweep_directory(tmp_path):
-    from training.assemble import build_trainer
+    from ptlab.training.assemble import build_trainer
 
     cfg = compose_config(["logger=wandb", "trainer.enable_progress_bar=false"], tmp_path)
     assert cfg.sweep is None
@@ -106,11 +106,11 @@ def test_a_multirun_without_a_sweep_name_is_grouped_by_its_sweep_directory(tmp_p
 
 
 def test_off_policy_regimes_set_the_sampler_and_the_update_epochs(tmp_path):
-    expected = {"on_policy": ("training.samplers.OnPolicy", 1), "replay": ("training.samplers.Replay", 1), "stale": ("training.samplers.Stale", 1),
-                "epochs2": ("training.samplers.OnPolicy", 2), "epochs4": ("training.samplers.OnPolicy", 4),
-                "stale4": ("training.samplers.Stale", 1)}
+    expected = {"on_policy": ("ptlab.training.samplers.OnPolicy", 1), "replay": ("ptlab.training.samplers.Replay", 1), "stale": ("ptlab.training.samplers.Stale", 1),
+                "epochs2": ("ptlab.training.samplers.OnPolicy", 2), "epochs4": ("ptlab.training.samplers.OnPolicy", 4),
+                "stale4": ("ptlab.training.samplers.Stale", 1)}
     assert set(group_options("regime")) == set(expected)
     for regime, (sampler, epochs) in expected.items():
         cfg = compose_config(["experiment=off_policy", f"+regime={regime}", "algorithm=rloo"], tmp_path)
-        assert (cfg.sampler._target_, cfg.module.update_epochs, cfg.algorithm._target_) == (sampler, epochs, "algorithms.grpo.GRPO")
+        assert (cfg.sampler._target_, cfg.module.update_epochs, cfg.algorithm._target_) == (sampler, epochs, "ptlab.algorithms.grpo.GRPO")
         assert cfg.sampler.get("refresh_every") == {"stale": 10, "stale4": 4}.get(regime)

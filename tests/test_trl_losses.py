@@ -12,9 +12,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from algorithms.grpo import GRPO
+from ptlab.algorithms.grpo import GRPO
 from tests.conftest import rollout_from_lists
-from training.module import weighted_log_likelihood_loss
+from ptlab.training.module import weighted_log_likelihood_loss
 
 trl_grpo = pytest.importorskip("trl.trainer.grpo_trainer")
 ROOT = Path(__file__).resolve().parent.parent

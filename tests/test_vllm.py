@@ -8,13 +8,13 @@ import sys
 import pytest
 import torch
 
-from models.lm import token_logprobs
-from models.vllm import VLLMGenerator
+from ptlab.models.lm import token_logprobs
+from ptlab.models.vllm import VLLMGenerator
 from tests.conftest import tiny_lm
 from tests.fixtures.fake_engine import FakeEngine
 from tests.test_run import ROOT
-from training.rollout import encode_prompts
-from training.samplers import OnPolicy
+from ptlab.training.rollout import encode_prompts
+from ptlab.training.samplers import OnPolicy
 
 FAKE = "tests.fixtures.fake_engine.FakeEngine"
 

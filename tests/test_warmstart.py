@@ -3,10 +3,10 @@ its accuracy is the exact expectation of sampling, and it lands on the target be
 import torch
 from datasets import Dataset
 
-from models.lm import token_logprobs
+from ptlab.models.lm import token_logprobs
 from tests.conftest import tiny_lm
-from training.rollout import encode_prompts, encode_responses
-from training.warmstart import StopAtAccuracy, calibration_split
+from ptlab.training.rollout import encode_prompts, encode_responses
+from ptlab.training.warmstart import StopAtAccuracy, calibration_split
 
 ROWS = [{"prompt": f"{a} + {b}=", "answer": str(a + b)} for a in range(4) for b in range(4)]
 

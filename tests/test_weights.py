@@ -4,14 +4,14 @@ import math
 import pytest
 import torch
 
-from algorithms.base import aggregate
-from schema import ConfigError
-from algorithms.dpo import DPO
-from algorithms import kl
-from algorithms.grpo import GRPO
-from algorithms.gvpo import GVPO
-from algorithms.rs import RS
-from algorithms.sft import SFT
+from ptlab.algorithms.base import aggregate
+from ptlab.errors import ConfigError
+from ptlab.algorithms.dpo import DPO
+from ptlab.algorithms import kl
+from ptlab.algorithms.grpo import GRPO
+from ptlab.algorithms.gvpo import GVPO
+from ptlab.algorithms.rs import RS
+from ptlab.algorithms.sft import SFT
 from tests.conftest import rollout_from_lists
 
 
