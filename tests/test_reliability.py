@@ -345,11 +345,11 @@ def comparable(summary: dict) -> dict:
     ["algorithm=gvpo"], pytest.param(["algorithm=grpo", "sampler=replay"], marks=pytest.mark.slow),
     pytest.param(["algorithm=ppo"], marks=pytest.mark.slow),
     pytest.param(["algorithm=rloo", "sampler=stale", "sampler.refresh_every=3"], marks=pytest.mark.slow),
-    ["task=exact", "algorithm=gvpo", "sampler=replay"]])
+    pytest.param(["task=exact", "algorithm=gvpo", "sampler=replay"], marks=pytest.mark.slow)])
 def test_kill_9_at_a_random_step_then_rerun_ends_as_the_uninterrupted_run(settings, tmp_path):
     """SIGKILL leaves no chance to clean up: the rerun of the same command in the same directory
     resumes from the last periodic checkpoint (every 4 steps here) and ends with the same summary.
-    PPO (critic) and the stale sampler (policy snapshot) run with -m slow."""
+    PPO (critic), the stale sampler (policy snapshot) and the replay buffer run in the slow tier."""
     args = [*settings, "trainer.max_steps=16", "callbacks.progress.every_n_steps=1", "callbacks.samples.every_n_steps=3",
             "trainer.val_check_interval=4", *([] if "task=exact" in settings else ["task.eval_samples=2"])]
     whole = start([*args, f"hydra.run.dir={tmp_path / 'whole'}"], tmp_path, tmp_path / "cache")

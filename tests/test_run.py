@@ -392,6 +392,7 @@ def test_a_run_beside_busy_threads_is_warned_that_it_oversubscribes_the_cores():
         spinning.kill()
 
 
+@pytest.mark.slow  # the fast tier checks the joblib share in test_distributed's joblib sweep
 def test_a_joblib_sweep_gives_each_job_its_share_of_the_cores(tmp_path, monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # the share is joblib's to give, not the caller's
     proc, _ = cli("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=0,1", "trainer.max_steps=1", "logger=none",
