@@ -133,41 +133,6 @@ def replicate(experiment: str, seeds: list[int], directory: Path, jobs: int = 1,
             "provenance": provenance(runs, directory) if runs else {}, "claims": rows}
 
 
-def number(x) -> str:
-    return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:+.3g}"
-
-
-def p_value(p) -> str:
-    return "" if p is None or (isinstance(p, float) and math.isnan(p)) else f"{p:.2g}"
-
-
-def replication_table(record: dict, original: dict | None) -> str:
-    by_name = {(c["name"], c["metric"]): c for c in (original or {}).get("claims", [])}
-    lines = ["| claim | metric | original: A - B [interval], p (Holm), verdict | re-run: units, A - B [interval], p (Holm), verdict "
-             "| replication | note |", "|---" * 6 + "|"]
-    for row in record["claims"]:
-        old = by_name.get((row["name"], row["metric"]))
-        before = (f"{number(old['mean'])} [{number(old['low'])}, {number(old['high'])}], {p_value(old['adjusted'])}, {old['verdict']}"
-                  if old else "")
-        after = (f"{row['units']}, {number(row['mean'])} [{number(row['low'])}, {number(row['high'])}], "
-                 f"{p_value(row['adjusted'])}, {row['verdict']}" + (f"; A > B in {row['above']} of {row['units']}" if "above" in row else ""))
-        lines.append(f"| {row['name']} | {row['metric']} | {before} | {after} | **{row['replication']}** | {row['note']} |")
-    return "\n".join(lines)
-
-
-def replication_section(record: dict, data: dict) -> str:
-    stale = "" if record["config_hash"] == data["config_hash"] else " (made with another config of the experiment)"
-    return (f"## Replication on seeds {record['seeds'][0]}-{record['seeds'][-1]}{stale}\n\n"
-            f"`{record['command']}`: the declared claims re-run on seeds the study never used (new warm starts and "
-            f"task draws where the experiment ties them to the seed), Holm over the {len(record['claims'])} claims at alpha "
-            f"{record['alpha']}. Replicated: the original was significant and the re-run is too, same sign; not "
-            "replicated: the other sign, or not significant with 80% power to detect the original difference at the re-run's "
-            "spread; inconclusive: "
-            "less power than that.\n\n" + replication_table(record, data)
-            + "\n\n<details><summary>Provenance of the re-run</summary>\n\n" + provenance_table(record["provenance"])
-            + "\n\n</details>")
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("experiment", help="a shipped experiment (sweeps/experiment/<name>.yaml)")
