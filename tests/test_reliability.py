@@ -449,6 +449,7 @@ def test_the_tabular_policys_gradient_is_the_same_bit_for_bit_on_every_run():
     assert all(torch.equal(grads[0], grad) for grad in grads[1:])
 
 
+@pytest.mark.slow  # three runs through run.py (18 s): with kill -9's resume, in the slow tier
 def test_a_damaged_checkpoint_is_moved_aside_and_the_run_starts_over_or_refused_when_named(tmp_path):
     out, cache = tmp_path / "run", tmp_path / "cache"
     args = ["trainer.max_steps=2", "trainer.val_check_interval=1", f"hydra.run.dir={out}"]
