@@ -103,3 +103,31 @@ def test_gvpo_reaches_the_optimum_with_the_default_llama(sampler, tmp_path):
                           f"cache_dir={tmp_path / 'cache'}"], tmp_path)
     summary = run.train(cfg)
     assert summary["ref/exact/kl_to_optimum"] > 0.1 and summary["exact/kl_to_optimum"] < 0.01
+
+
+def test_the_held_out_kl_to_the_reference_is_the_exact_kl_within_its_monte_carlo_error(tokenizer):
+    """val/kl_ref (the mean over sampled answers of log pi - log pi_ref) against KL(pi || pi_ref) summed over
+    every response of an enumerable task, with another model as pi_ref; the tolerance is 4 standard errors
+    of the estimate, computed exactly from the same enumeration. pi_ref against itself gives 0."""
+    from ptlab.models.generation import HFGenerator
+    from ptlab.models.reference import FrozenReference
+    from ptlab.training.evaluation import HeldOutEvaluation
+
+    task = ExactTask(num_prompts=6, alphabet="ab", max_new_tokens=3, seed=3)  # 15 responses per prompt
+    policy, other = tiny_lm(tokenizer, seed=5), tiny_lm(tokenizer, seed=6)
+    for model in (policy, other):
+        restrict_vocabulary(model, tokenizer, task.response_tokens)
+    log_pi, log_ref = (evaluator_for(task, model, tokenizer, None, beta=1.0).log_probs(model) for model in (policy, other))
+    pi, ratio = log_pi.exp(), log_pi - log_ref  # (P, N)
+    exact_kl = (pi * ratio).sum(1)  # per prompt
+    samples = 800
+    spread = (pi * (ratio - exact_kl[:, None]) ** 2).sum(1)  # the variance of one draw's log-ratio, per prompt
+    tolerance = 4 * (spread.sum() / samples).sqrt() / len(task.prompts)
+    held_out = HeldOutEvaluation(tokenizer, HFGenerator(max_new_tokens=3), task.reward, samples=samples, seed=0)
+    held_out.reference = FrozenReference(other)
+    metrics = held_out(policy, task.rows)
+    assert exact_kl.mean() > 5 * tolerance  # the two models differ: a KL well above the estimate's noise
+    assert abs(metrics["val/kl_ref"].item() - exact_kl.mean().item()) < tolerance
+    assert metrics["val/kl_ref_se"] > 0
+    held_out.reference = FrozenReference(policy)
+    assert held_out(policy, task.rows)["val/kl_ref"].item() == pytest.approx(0.0, abs=1e-6)

@@ -39,6 +39,19 @@ def test_each_algorithm_trains_three_steps_and_writes_summary(algorithm, tmp_pat
     assert (tmp_path / "config.yaml").exists() and list(tmp_path.glob("csv/*/metrics.csv"))
 
 
+def test_a_two_step_run_writes_how_far_the_policy_moved_from_its_reference(tmp_path, cache_dir):
+    """val/kl_ref, KL(pi_theta || pi_ref) on the held-out prompts, in summary.json and the CSV, on a task that
+    samples no answers of its own (one draw per prompt is made for it): 0 for the reference, above 0 once SFT
+    has moved the policy (its agreement with the exact KL: tests/test_exact.py)."""
+    cfg = compose_config(["task=basic_arithmetic", "algorithm=sft", "lr=1e-2", "trainer.max_steps=2", "logger=csv",
+                          "trainer.log_every_n_steps=1", f"cache_dir={cache_dir}", *TINY], tmp_path)
+    summary = run.train(cfg)
+    assert summary["ref/val/kl_ref"] == pytest.approx(0.0, abs=1e-5) and summary["val/kl_ref"] > 0.01
+    assert summary["val/kl_ref_se"] > 0 and "val/sampled_accuracy" not in summary  # the draws are the KL's alone
+    header = next(tmp_path.glob("csv/*/metrics.csv")).read_text().splitlines()[0].split(",")
+    assert {"val/kl_ref", "val/kl_ref_se", "ref/val/kl_ref"} <= set(header)
+
+
 def test_epochs_and_minibatches_make_several_optimiser_steps_per_rollout(tmp_path, cache_dir):
     # an entropy bonus moves the policy whatever the rewards (a rollout may have no reward spread at all)
     cfg = compose_config([*TINY, "algorithm=grpo", "trainer.max_steps=8", "module.update_epochs=2", "module.minibatches=2",

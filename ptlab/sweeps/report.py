@@ -28,6 +28,9 @@ DEFAULTS = {"metrics": "val/accuracy,val/reward,exact/kl_to_optimum,exact/reward
 INTERVAL = "mean ± half-width of the Student t 95% interval over n seeds (scipy.stats)"
 
 
+MOVED = "val/kl_ref"  # how far a policy moved: KL(pi_theta || pi_ref) on the held-out prompts (training/evaluation.py)
+
+
 def mean_ci(values: list[float]) -> tuple[float, float]:
     """Mean and half-width of the 95% Student t interval (nan with one value)."""
     return stats.t_interval(values)
@@ -153,6 +156,7 @@ def options_of(runs: list[Run], args) -> dict:
 def render(runs: list[Run], options: dict, directory: Path, compares=(), at=None, iqm=False) -> str:
     """The report's markdown; its PNGs are written to `directory`."""
     metrics = options["metrics"].split(",")
+    metrics += [MOVED] if MOVED not in metrics else []  # beside every score (a column only where the runs measured it)
     study = claims.study_of(runs)
     extra = []
     if study:  # runs of seeds beyond the declared count are not shown as the study's

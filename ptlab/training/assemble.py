@@ -132,12 +132,13 @@ def build_module(cfg, algorithm, task, model_name: str = "this model"):
     sampler.on_reward_failure = cfg.reward_on_failure
     if getattr(algorithm, "baseline", None) == "greedy":  # ReMax: a greedy response per prompt, in the budget
         sampler.greedy_baseline = True
-    wants_reference = algorithm.needs_reference or sampler.needs_reference or cfg.module.kl_diagnostic
+    held_out = getattr(task, "evaluation", "held_out") == "held_out"  # its val/kl_ref needs pi_ref (the exact task keeps its own)
+    wants_reference = algorithm.needs_reference or sampler.needs_reference or cfg.module.kl_diagnostic or held_out
     reference = reference_for(policy) if wants_reference else None
     sampler.setup(policy, reference, task)
     evaluator = evaluator_for(task, policy, tokenizer, generator, cfg.beta)
     if isinstance(evaluator, HeldOutEvaluation):
-        evaluator.on_reward_failure = cfg.reward_on_failure
+        evaluator.on_reward_failure, evaluator.reference = cfg.reward_on_failure, reference
         if cfg.cache_evaluation:  # the evaluation before training, shared by the runs that would repeat it
             evaluator = CachedFirstEvaluation(evaluator, Path(cfg.cache_dir).expanduser() / "evaluations",
                                               evaluation_context(cfg))

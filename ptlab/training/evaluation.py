@@ -4,6 +4,7 @@ runs that share it."""
 import hashlib
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -24,6 +25,13 @@ class HeldOutEvaluation:
                                          the task's own seed (every run, before and after training,
                                          is scored on the same draws of the random stream)
       val/sampled_accuracy_se            its standard error over prompts
+      val/kl_ref, val/kl_ref_se          how far the policy moved: KL(pi_theta || pi_ref) on the held-out
+                                         prompts, the mean over the sampled answers y of log pi_theta(y|x)
+                                         - log pi_ref(y|x) (the k1 estimate, unbiased for responses drawn
+                                         from pi_theta: exact in expectation at temperature 1 and top_p 1,
+                                         the shipped settings), with its standard error over prompts; one
+                                         answer per prompt is sampled for it when `samples` is 0. pi_ref is
+                                         `reference` (the run's frozen initial policy), set by assemble.py
 
     Prompts are generated `batch_size` rows at a time; sampling never touches the training RNG.
     Under data parallelism rank r answers prompts r, r + W, ... (its samples drawn with seed + r) and
@@ -35,36 +43,54 @@ class HeldOutEvaluation:
         self.samples, self.seed, self.batch_size = samples, seed, batch_size
         self.on_reward_failure = None  # as training's: run.py sets it from `reward_on_failure`
         self.progress = None  # what it is generating now (ptlab/heartbeat.py prints it)
+        self.reference = None  # pi_ref (models/reference.py): val/kl_ref is measured when it is set
 
-    def _answers(self, policy, rows: list[dict], greedy: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
-        """Rewards (N,), reward terms and correctness (N,) of one answer per row."""
+    def _answers(self, policy, rows: list[dict], greedy: bool):
+        """Rewards (N,), reward terms, correctness (N,) of one answer per row, and for sampled answers
+        log pi_theta(y|x) - log pi_ref(y|x) (N,) (None when greedy or without a reference)."""
         device = next(policy.parameters()).device
-        completions, kind, scored = [], "greedy" if greedy else "sampled", []
+        completions, kind, scored, log_ratios = [], "greedy" if greedy else "sampled", [], []
         for start in range(0, len(rows), self.batch_size):
             self.progress = f"{kind} answers {start}-{min(start + self.batch_size, len(rows))} of {len(rows)}"  # heartbeat
             prompt_ids, prompt_mask = encode_prompts(self.tokenizer, [row["prompt"] for row in rows[start : start + self.batch_size]])
-            response_ids, response_mask = self.generator(policy, self.tokenizer, prompt_ids.to(device),
-                                                         prompt_mask.to(device), greedy=greedy)
+            prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
+            response_ids, response_mask = self.generator(policy, self.tokenizer, prompt_ids, prompt_mask, greedy=greedy)
             completions += self.tokenizer.batch_decode(response_ids * response_mask, skip_special_tokens=True)
             scored += with_lengths(rows[start : start + self.batch_size], response_ids.cpu(), response_mask.cpu(),
                                    getattr(self.tokenizer, "eos_token_id", None))
+            if not greedy and self.reference is not None:
+                log_ratios.append(self.log_ratio(policy, prompt_ids, prompt_mask, response_ids, response_mask))
         total, terms, _ = score(self.reward_fn, completions, scored, self.on_reward_failure)
         rewards, terms = torch.tensor(total), {name: torch.tensor(values) for name, values in terms.items()}
-        return rewards, terms, next(iter(terms.values()), rewards) == 1
+        return rewards, terms, next(iter(terms.values()), rewards) == 1, torch.cat(log_ratios) if log_ratios else None
+
+    def log_ratio(self, policy, prompt_ids, prompt_mask, response_ids, response_mask) -> torch.Tensor:
+        """log pi_theta(y|x) - log pi_ref(y|x) per response (B,), float64 on the CPU (the sum over the
+        response's tokens of the token log-ratios)."""
+        batch = SimpleNamespace(prompt_ids=prompt_ids, prompt_mask=prompt_mask, response_ids=response_ids,
+                                response_mask=response_mask)
+        with torch.inference_mode():
+            mine = token_logprobs(policy, prompt_ids, prompt_mask, response_ids, response_mask)
+        reference = self.reference.logprobs(batch)
+        return ((mine.double() - reference.double()) * response_mask).sum(-1).cpu()
 
     def per_prompt(self, policy, rows: list[dict]) -> dict[str, torch.Tensor]:
         """Per-prompt results (N,) each: greedy reward, correctness and reward terms; the mean sampled
         reward and accuracy."""
-        rewards, terms, correct = self._answers(policy, rows, greedy=True)
+        rewards, terms, correct, _ = self._answers(policy, rows, greedy=True)
         values = {"val/reward": rewards, "val/accuracy": correct.float(),
                   **{f"val/reward/{name}": values for name, values in terms.items()}}
-        if self.samples:
+        draws = self.samples or (1 if self.reference is not None else 0)  # one draw per prompt for the KL alone
+        if draws:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self.seed + parallel.rank())
-                repeated = [row for row in rows for _ in range(self.samples)]  # a prompt's samples side by side
-                rewards, _, correct = self._answers(policy, repeated, greedy=False)
-            values |= {"val/sampled_reward": rewards.float().view(len(rows), self.samples).mean(1),
-                       "val/sampled_accuracy": correct.float().view(len(rows), self.samples).mean(1)}
+                repeated = [row for row in rows for _ in range(draws)]  # a prompt's samples side by side
+                rewards, _, correct, log_ratios = self._answers(policy, repeated, greedy=False)
+            if self.samples:
+                values |= {"val/sampled_reward": rewards.float().view(len(rows), draws).mean(1),
+                           "val/sampled_accuracy": correct.float().view(len(rows), draws).mean(1)}
+            if log_ratios is not None:
+                values["val/kl_ref"] = log_ratios.view(len(rows), draws).mean(1)
         return values
 
     def __call__(self, policy, rows: list[dict]) -> dict[str, torch.Tensor]:
@@ -74,6 +100,8 @@ class HeldOutEvaluation:
         metrics = {key: value.mean() for key, value in values.items()}
         if self.samples:
             metrics["val/sampled_accuracy_se"] = values["val/sampled_accuracy"].std() / len(rows) ** 0.5
+        if "val/kl_ref" in values:
+            metrics["val/kl_ref_se"] = values["val/kl_ref"].std() / len(rows) ** 0.5
         return metrics
 
 
@@ -110,6 +138,7 @@ class ExactMetrics:
     def __call__(self, policy, rows: list[dict] | None = None) -> dict[str, torch.Tensor]:
         metrics = exact_metrics(self.log_probs(policy), self.log_ref, self.rewards, self.beta)
         metrics["val/reward"] = metrics["exact/reward"]
+        metrics["val/kl_ref"] = metrics["exact/kl_to_ref"]  # how far the policy moved, as on the text tasks (exact here)
         metrics["val/accuracy"] = (self.log_probs(policy).exp() * self.best).sum(1).mean().float()
         return metrics
 
