@@ -19,12 +19,13 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from ptlab.sweeps import claims, pages, plots, stats
+from ptlab.sweeps import claims, curves, pages, plots, stats
 from ptlab.sweeps.runs import Run, by_label, label_key, matches, natural, parse_selector, value_at
 
 FOLD = 40  # exploratory pairs shown open up to this many
 DEFAULTS = {"metrics": "val/accuracy,val/reward,exact/kl_to_optimum,exact/reward,budget/tokens_generated,wall_seconds",
-            "pivot": None, "plot": "val/accuracy", "x": "step,budget/tokens_generated", "vs": "", "bars": "", "logy": False}
+            "pivot": None, "plot": "val/accuracy", "x": "step,budget/tokens_generated", "vs": "", "bars": "", "logy": False,
+            "curves": ""}
 INTERVAL = "mean ± half-width of the Student t 95% interval over n seeds (scipy.stats)"
 
 
@@ -146,6 +147,25 @@ def claims_section(runs: list[Run], study: claims.Study, extra: list) -> str:
     return text
 
 
+def curves_section(runs: list[Run], metric: str, x: str) -> str:
+    """Each configuration's fitted compute-performance curve (sweeps/curves.py): asymptote A and
+    midpoint C_mid with bootstrap intervals over seeds, steepness B, and the half-budget check."""
+    lines = [f"### Curves: {metric} against {x}\n", "R(C) = R0 + (A - R0) / (1 + (C_mid / C)^B), R0 the reference; "
+             "intervals: 95% percentile bootstrap over seeds (200 resamples); half-budget error: fitted on C up to half "
+             "the largest, the mean absolute error of its predictions beyond.\n",
+             "| configuration | n | A [95%] | C_mid [95%] | B | half-budget error |", "|---|---|---|---|---|---|"]
+    for label, group in by_label([run for run in runs if not run.failed]).items():
+        fitted = curves.fit_runs(group, metric, x)
+        if fitted is None:
+            lines.append(f"| {label} | {len(group)} | no fit | | | |")
+            continue
+        interval = curves.bootstrap(group, metric, x)
+        a, m = interval["asymptote"], interval["midpoint"]
+        lines.append(f"| {label} | {len(group)} | {fitted.asymptote:.3g} [{a[0]:.3g}, {a[1]:.3g}] | {fitted.midpoint:.3g} "
+                     f"[{m[0]:.3g}, {m[1]:.3g}] | {fitted.steepness:.2g} | {curves.half_budget_error(group, metric, x):.2g} |")
+    return "\n".join(lines)
+
+
 def options_of(runs: list[Run], args) -> dict:
     """The report's options: the command line's, else the experiment's `study.report`, else DEFAULTS."""
     declared = next((run.config.get("study") or {} for run in runs if run.config), {}).get("report") or {}
@@ -172,6 +192,7 @@ def render(runs: list[Run], options: dict, directory: Path, compares=(), at=None
     else:
         sections.append(f"### Results\n\nEach cell: {INTERVAL}\n\n" + table(runs, metrics, at, options["plot"] or None, iqm))
     sections += [compare(runs, metrics[0], first, second) for first, second in compares]
+    sections += [curves_section(runs, options["plot"], x) for x in (options["curves"] or "").split(",") if x and options["plot"]]
     name = lambda x: directory / f"{options['plot'].replace('/', '_')}_vs_{x.replace('/', '_')}.png"
     images = []
     if options["plot"]:
@@ -202,6 +223,8 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--vs", help="comma-separated swept keys (e.g. lr): --plot's final value against each")
     parser.add_argument("--bars", help="comma-separated categorical keys (e.g. regime): --plot's final value, grouped bars")
     parser.add_argument("--logy", action="store_true", default=None, help="log-scale y axis")
+    parser.add_argument("--curves", help="comma-separated compute axes (step, budget/tokens_generated): fit --plot's metric "
+                                         "per configuration with ScaleRL's sigmoid (sweeps/curves.py)")
     parser.add_argument("--at", help="KEY=VALUE: also tabulate --plot's metric at this budget, e.g. budget/tokens_generated=1e5")
     parser.add_argument("--compare", nargs=2, action="append", default=[], metavar=("A", "B"),
                         help="exploratory paired comparison of two configurations on the first metric (repeatable)")
