@@ -38,7 +38,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from ptlab.errors import ConfigError
-from ptlab.sweeps import stats
+from ptlab.sweeps import curves, frontier, stats
 from ptlab.sweeps.runs import Run, by_label, label_key, matches, parse_selector
 
 REFERENCE = "reference"
@@ -50,10 +50,36 @@ class Claim:
     b: str           # selector text, or "reference"
     metric: str
     expect: str = "two-sided"
+    on: str = "final"  # what of each run is compared: see ON
+    kl: float | None = None  # on: kl, the KL(pi || pi_ref) both are read at
+    x: str = "step"  # on: asymptote / midpoint, the compute axis of the curve
 
     @property
     def name(self) -> str:
-        return f"{self.a} - {REFERENCE if self.b == REFERENCE else self.b}"
+        kind = "" if self.on == "final" else f" ({self.on}{f' {self.kl:g}' if self.on == 'kl' else ''})"
+        return f"{self.a} - {REFERENCE if self.b == REFERENCE else self.b}{kind}"
+
+
+# What a claim compares, per seed (paired by seed as every claim): the metric at the end of the run; A, the
+# asymptote of the run's compute-performance curve (sweeps/curves.py, fitted to its own validations), and
+# C_mid, the compute to half its gain; the metric at a matched KL(pi || pi_ref) (sweeps/frontier.py).
+ON = ("final", "asymptote", "midpoint", "kl")
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """Per-arm tuning declared with the study (sweeps/tune.py runs it): every arm (a configuration the
+    sweep runs) tries each point of its grid on the tuning seeds, disjoint from the claim seeds, and
+    the rule picks its setting before any claim seed runs. `grid` is every arm's; `arms` replaces it,
+    key by key, for the arms it names ({"algorithm=sft": {"lr": [...]}})."""
+    seeds: tuple[int, ...]
+    grid: dict
+    arms: dict
+    rule: str = "final"  # the best mean over the tuning seeds of the study's metric at the end; ties: the first
+    #                      point of the grid in its declared order (declare the learning rates ascending)
+
+
+RULES = ("final",)
 
 
 @dataclass(frozen=True)
@@ -62,6 +88,7 @@ class Study:
     alpha: float
     seeds: int
     claims: tuple[Claim, ...]
+    tuning: Tuning | None = None
 
 
 def declared(study: dict | None) -> Study | None:
@@ -87,8 +114,39 @@ def declared(study: dict | None) -> Study | None:
         for side in ("a", "b"):
             if not (side == "b" and item[side] == REFERENCE):
                 parse_selector(item[side], f"{where}.claims[{i}].{side}")
-        claims.append(Claim(str(item["a"]), str(item["b"]), item.get("metric", study["metric"]), expect))
-    return Study(study["metric"], float(alpha), seeds, tuple(claims))
+        on = item.get("on", "final")
+        if on not in ON:
+            raise ConfigError(f"{where}.claims[{i}].on={on!r} is not allowed: one of {', '.join(ON)}")
+        if on in ("midpoint", "kl") and item["b"] == REFERENCE:
+            raise ConfigError(f"{where}.claims[{i}]: on: {on} compares two arms (the reference has no {on}); b: {REFERENCE} "
+                              "is for on: final or asymptote")
+        kl = item.get("kl")
+        if (on == "kl") != (kl is not None) or (kl is not None and not (isinstance(kl, (int, float)) and kl > 0)):
+            raise ConfigError(f"{where}.claims[{i}].kl={kl!r} is not allowed: on: kl needs kl, a KL > 0 both arms are read "
+                              "at (and only on: kl takes one)")
+        claims.append(Claim(str(item["a"]), str(item["b"]), item.get("metric", study["metric"]), expect, on,
+                            float(kl) if kl is not None else None, item.get("x", "step")))
+    return Study(study["metric"], float(alpha), seeds, tuple(claims), tuning_of(study.get("tuning")))
+
+
+def tuning_of(node: dict | None) -> Tuning | None:
+    """study.tuning, checked: seeds (a list of integers), grid ({key: [values]}), arms, rule."""
+    if not node:
+        return None
+    seeds = node.get("seeds")
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(seed, int) for seed in seeds):
+        raise ConfigError(f"study.tuning.seeds={seeds!r} is not allowed: a list of seeds, disjoint from the claim seeds")
+    grids = {"grid": node.get("grid") or {}, **{f"arms.{arm}": grid for arm, grid in (node.get("arms") or {}).items()}}
+    for where, grid in grids.items():
+        if not isinstance(grid, dict) or not all(isinstance(values, list) and values for values in grid.values()):
+            raise ConfigError(f"study.tuning.{where}={grid!r} is not allowed: a mapping of keys to lists of values, "
+                              "e.g. {lr: [1e-4, 3e-4, 1e-3]}")
+    for arm in node.get("arms") or {}:
+        parse_selector(arm, "study.tuning.arms")
+    rule = node.get("rule", "final")
+    if rule not in RULES:
+        raise ConfigError(f"study.tuning.rule={rule!r} is not allowed: one of {', '.join(RULES)}")
+    return Tuning(tuple(seeds), dict(node.get("grid") or {}), dict(node.get("arms") or {}), rule)
 
 
 def study_of(runs: list[Run]) -> Study | None:
@@ -129,25 +187,41 @@ def runs_of(runs: list[Run], selector: dict, metric: str, claim: str) -> dict:
     return chosen
 
 
-def paired(runs: list[Run], a: str, b: str, metric: str) -> Paired:
-    """A and B paired by seed, seeds averaged within a warm start; the description of what varies."""
+def value_of(run: Run, claim: Claim | None, metric: str) -> float:
+    """What the claim compares for one run (ON); NaN where it cannot be had (no fit, KL not reached)."""
+    on = claim.on if claim else "final"
+    if on == "final":
+        return float(run.summary[metric])
+    if on == "kl":
+        return frontier.at_kl(run, metric, claim.kl)
+    fitted = curves.fit_runs([run], metric, claim.x)
+    return math.nan if fitted is None else fitted.asymptote if on == "asymptote" else fitted.midpoint
+
+
+def paired(runs: list[Run], a: str, b: str, metric: str, claim: Claim | None = None) -> Paired:
+    """A and B paired by seed, seeds averaged within a warm start; the description of what varies.
+    `claim` says what of each run is compared (its `on`; the metric at the end without one); a seed
+    where either value cannot be had (a curve that does not fit, a KL one arm never reached) is left out."""
     name = f"{a} - {b}"
     first = runs_of(runs, parse_selector(a), metric, name)
-    if b == REFERENCE:
+    value_a = lambda run: value_of(run, claim, metric)
+    if b == REFERENCE:  # final: the reference's metric; asymptote: against where the curve starts, R0 = the reference
         second = {seed: run for seed, run in first.items() if run.summary.get(f"ref/{metric}") is not None}
         value_b = lambda run: float(run.summary[f"ref/{metric}"])
     else:
         second = runs_of(runs, parse_selector(b), metric, name)
-        value_b = lambda run: float(run.summary[metric])
-    seeds = sorted(set(first) & set(second))
+        value_b = lambda run: value_of(run, claim, metric)
+    values = {seed: (value_a(first[seed]), value_b(second[seed])) for seed in sorted(set(first) & set(second))}
+    values = {seed: pair for seed, pair in values.items() if all(math.isfinite(v) for v in pair)}
+    seeds = sorted(values)
     clusters = defaultdict(list)
     for seed in seeds:
         warm = first[seed].summary.get("warmstart") or f"seed {seed}"
-        clusters[warm].append(float(first[seed].summary[metric]) - value_b(second[seed]))
+        clusters[warm].append(values[seed][0] - values[seed][1])
     if len(clusters) == 1:  # one warm start for every seed: the inference is conditional on it, seeds are the units
         clusters = {seed: [value] for seed, value in zip(seeds, next(iter(clusters.values()), []))}
     units = [sum(values) / len(values) for values in clusters.values()]
-    return Paired({s: float(first[s].summary[metric]) for s in seeds}, {s: value_b(second[s]) for s in seeds},
+    return Paired({s: values[s][0] for s in seeds}, {s: values[s][1] for s in seeds},
                   units, coverage([first[s] for s in seeds], len(clusters)))
 
 
@@ -221,7 +295,7 @@ def evaluate(runs: list[Run], study: Study) -> list[Result]:
     """Every declared claim tested on the runs, Holm-corrected over the family."""
     results = []
     for claim in study.claims:
-        data = paired(runs, claim.a, claim.b, claim.metric)
+        data = paired(runs, claim.a, claim.b, claim.metric, claim)
         results.append(Result(claim, data, stats.difference(data.units, claim.expect, study.alpha)))
     reject, adjusted = stats.holm([result.test.p for result in results], study.alpha)
     per_claim_alpha = study.alpha / max(len(results), 1)

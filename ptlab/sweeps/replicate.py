@@ -66,6 +66,15 @@ def configurations(study: claims.Study, swept: list[str]) -> list[list[str]]:
     return found
 
 
+def tuned(overrides: list[str], chosen: dict[str, dict]) -> list[str]:
+    """The setting a tuned study chose for the arm these overrides select (none for an untuned study)."""
+    settings = claims.parse_selector(",".join(overrides)) if overrides else {}
+    for arm, setting in chosen.items():
+        if claims.parse_selector(arm) == settings:
+            return [f"{key}={value}" for key, value in setting.items()]
+    return []
+
+
 def run_jobs(experiment: str, overrides: list[str], seeds: list[int], directory: Path, jobs: int, extra=()) -> None:
     launcher = ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}"] if jobs > 1 else []
     command = [sys.executable, str(ROOT / "run.py"), "-m", f"experiment={experiment}", *overrides, *extra,
@@ -108,12 +117,21 @@ def replicate(experiment: str, seeds: list[int], directory: Path, jobs: int = 1,
     used = set(original["provenance"]["seeds"]) if original else set()
     swept = dict(cfg.hydra.sweeper.params or {})
     used |= {int(seed) for seed in str(swept.get("seed", "")).split(",") if seed.strip().isdigit()}
+    used |= set(study.tuning.seeds) if study.tuning else set()  # a tuned study's tuning seeds chose its settings
     if used & set(seeds):
         raise SystemExit(f"error: --seeds {seeds}: seeds {sorted(used & set(seeds))} were used by the original study; "
                          "a replication needs seeds it never ran")
+    # a tuned study: each arm runs at the setting its tuning chose (recorded on the page)
+    chosen = {arm["arm"]: arm["chosen"] for arm in ((original or {}).get("tuning") or {}).get("arms", [])}
+    if study.tuning and not chosen:
+        raise SystemExit(f"error: experiment={experiment} is tuned and its page records no tuning: report the tuned study "
+                         "first (python -m ptlab.sweeps.tune, then python -m ptlab.sweeps.report ... --page)")
     if run:
         for overrides in configurations(study, list(swept)):
-            run_jobs(experiment, overrides, seeds, directory, jobs, extra)
+            setting = tuned(overrides, chosen)
+            if study.tuning and not setting:
+                raise SystemExit(f"error: {','.join(overrides)} has no tuned setting on the page of {experiment}")
+            run_jobs(experiment, overrides + setting, seeds, directory, jobs, extra)
     runs = [r for r in load_runs(directory) if r.seed in seeds] if directory.is_dir() else []
     mismatch = config_mismatch(runs)
     if mismatch:

@@ -19,13 +19,13 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from ptlab.sweeps import claims, curves, pages, plots, stats
+from ptlab.sweeps import claims, curves, frontier, pages, plots, stats
 from ptlab.sweeps.runs import Run, by_label, label_key, matches, natural, parse_selector, value_at
 
 FOLD = 40  # exploratory pairs shown open up to this many
 DEFAULTS = {"metrics": "val/accuracy,val/reward,exact/kl_to_optimum,exact/reward,budget/tokens_generated,wall_seconds",
             "pivot": None, "plot": "val/accuracy", "x": "step,budget/tokens_generated", "vs": "", "bars": "", "logy": False,
-            "curves": ""}
+            "curves": "", "frontier": False}
 INTERVAL = "mean ± half-width of the Student t 95% interval over n seeds (scipy.stats)"
 
 
@@ -147,6 +147,24 @@ def claims_section(runs: list[Run], study: claims.Study, extra: list) -> str:
     return text
 
 
+def tuning_section(record: dict) -> str:
+    """The whole tuning table of a tuned study (sweeps/tune.py's tuning.json): every arm's grid on the
+    tuning seeds, the rule and the setting it chose."""
+    declaration = record["declaration"]
+    lines = ["### Tuning\n", f"Each arm's setting was chosen on tuning seeds {', '.join(map(str, declaration['seeds']))} "
+             f"(no claim seed), before any claim seed ran, by the rule `{declaration['rule']}`: the best mean of "
+             f"{declaration['metric']} at the end over those seeds; a setting that failed or diverged on any of them is "
+             "not chosen; ties to the setting declared first.\n",
+             "| arm | setting | per tuning seed | mean | |", "|---|---|---|---|---|"]
+    for arm in record["arms"]:
+        for point in arm["points"]:
+            setting = ",".join(f"{key}={value}" for key, value in point["setting"].items())
+            values = ", ".join("failed" if value is None else f"{value:.3g}" for value in point["values"].values())
+            mean = f"{point['mean']:.4g}" if point["mean"] is not None else ""
+            lines.append(f"| {arm['arm']} | {setting} | {values} | {mean} | {'**chosen**' if point['setting'] == arm['chosen'] else ''} |")
+    return "\n".join(lines)
+
+
 def curves_section(runs: list[Run], metric: str, x: str) -> str:
     """Each configuration's fitted compute-performance curve (sweeps/curves.py): asymptote A and
     midpoint C_mid with bootstrap intervals over seeds, steepness B, and the half-budget check."""
@@ -173,8 +191,8 @@ def options_of(runs: list[Run], args) -> dict:
             for key, default in DEFAULTS.items()}
 
 
-def render(runs: list[Run], options: dict, directory: Path, compares=(), at=None, iqm=False) -> str:
-    """The report's markdown; its PNGs are written to `directory`."""
+def render(runs: list[Run], options: dict, directory: Path, compares=(), at=None, iqm=False, tuning=None) -> str:
+    """The report's markdown; its PNGs are written to `directory`; `tuning`: a tuned study's choices."""
     metrics = options["metrics"].split(",")
     metrics += [MOVED] if MOVED not in metrics else []  # beside every score (a column only where the runs measured it)
     study = claims.study_of(runs)
@@ -183,6 +201,7 @@ def render(runs: list[Run], options: dict, directory: Path, compares=(), at=None
         kept, extra = claims.declared_seeds(runs, study)
         runs = kept + [run for run in runs if run.seed is None]
     sections = [claims_section(runs, study, extra)] if study and study.claims else []
+    sections += [tuning_section(tuning)] if tuning else []
     if all(run.failed for run in runs):  # nothing to tabulate or plot
         return "\n\n".join(sections + ["### Results\n\nNo job completed: every one is listed below with its error.",
                                         failures(runs)])
@@ -206,6 +225,9 @@ def render(runs: list[Run], options: dict, directory: Path, compares=(), at=None
         images += [plots.plot_final(runs, options["plot"], key, name(f"final_{key}"), options["logy"])
                    for key in options["vs"].split(",") if key]
         images += [plots.plot_bars(runs, options["plot"], key, name(f"final_by_{key}")) for key in options["bars"].split(",") if key]
+        if options["frontier"]:  # every setting: the tuning grid's runs where the study was tuned
+            grid = load(Path(tuning["tuning_dir"])) if tuning and Path(tuning["tuning_dir"]).is_dir() else runs
+            images.append(frontier.plot_frontier(grid, options["plot"], name("kl_ref")))
     if any(images):
         sections.append("\n\n".join(f"![{image.stem}]({image.name})" for image in images if image))
     if failures(runs):
@@ -223,6 +245,8 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--vs", help="comma-separated swept keys (e.g. lr): --plot's final value against each")
     parser.add_argument("--bars", help="comma-separated categorical keys (e.g. regime): --plot's final value, grouped bars")
     parser.add_argument("--logy", action="store_true", default=None, help="log-scale y axis")
+    parser.add_argument("--frontier", action="store_true", default=None,
+                        help="plot --plot's metric against the held-out KL to the reference (sweeps/frontier.py)")
     parser.add_argument("--curves", help="comma-separated compute axes (step, budget/tokens_generated): fit --plot's metric "
                                          "per configuration with ScaleRL's sigmoid (sweeps/curves.py)")
     parser.add_argument("--at", help="KEY=VALUE: also tabulate --plot's metric at this budget, e.g. budget/tokens_generated=1e5")
@@ -235,16 +259,23 @@ def main(argv: list[str] | None = None) -> str:
     runs = load(args.directory)
     options = options_of(runs, args)
     at = (args.at.split("=")[0], float(args.at.split("=")[1])) if args.at else None
-    body = render(runs, options, args.directory, args.compare, at, args.iqm)
+    tuning = read_tuning(args.directory)
+    body = render(runs, options, args.directory, args.compare, at, args.iqm, tuning)
     out = args.out or args.directory / "report.md"
     out.write_text(body + "\n")
     print(body)
     if args.page:
-        print(f"\nwrote {write_page(args.directory, runs, options, sys.argv[1:] if argv is None else argv)}")
+        print(f"\nwrote {write_page(args.directory, runs, options, sys.argv[1:] if argv is None else argv, tuning)}")
     return body
 
 
-def write_page(directory: Path, runs: list[Run], options: dict, argv) -> Path:
+def read_tuning(directory: Path) -> dict | None:
+    """A tuned study's choices (sweeps/tune.py writes <directory>/tuning.json), or None."""
+    path = Path(directory) / "tuning.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def write_page(directory: Path, runs: list[Run], options: dict, argv, tuning: dict | None = None) -> Path:
     """Write docs/results/<experiment>.md (+ .json and PNGs) from the runs in `directory`; `argv` is
     the report's command line (shown on the page, the directory as the experiment names it)."""
     experiment = next((run.config.get("sweep") for run in runs if run.config.get("sweep")), None)
@@ -255,14 +286,15 @@ def write_page(directory: Path, runs: list[Run], options: dict, argv) -> Path:
         raise SystemExit(f"error: not writing the page of {experiment}: its runs were made with another config ({mismatch})")
     images = pages.RESULTS / experiment
     images.mkdir(parents=True, exist_ok=True)
-    body = render(runs, options, images).replace("](", f"]({experiment}/")
+    body = render(runs, options, images, tuning=tuning).replace("](", f"]({experiment}/")
     study = claims.study_of(runs)
     results = claims.evaluate(claims.declared_seeds(runs, study)[0], study) if study and study.claims else []
     data = {"experiment": experiment, "config_hash": pages.config_hash(experiment),
             "generated_by": " ".join(["python -m ptlab.sweeps.report", f"multirun/{experiment}",  # where the experiment writes
                                       *(a for a in map(str, argv or ["--page"]) if Path(a) != Path(directory))]),
             "status": None, "provenance": pages.provenance(runs, directory), "alpha": study.alpha if study else None,
-            "claims": [pages.claim_record(result) for result in results], "body": body, "replications": []}
+            "claims": [pages.claim_record(result) for result in results], "body": body, "replications": [],
+            **({"tuning": tuning} if tuning else {})}
     old = pages.RESULTS / f"{experiment}.json"
     if old.exists():  # replications of the same claims on the same config stay; others were of other numbers
         previous = json.loads(old.read_text())
