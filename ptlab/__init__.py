@@ -23,6 +23,10 @@ __all__ = ["train"]
 
 user_folders_last()  # before anything imports a library: a user's file cannot stand in for one
 
+from ptlab.hardware import register_resolvers  # noqa: E402 - after the path is set
+
+register_resolvers()  # ${native_precision:}: bf16-mixed where the machine has native bf16, else 32-true
+
 
 def train(overrides: list[str] | tuple = (), config_dir: str | Path | None = None) -> dict:
     """Run one job and return its summary (also in <output_dir>/summary.json)."""

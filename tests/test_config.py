@@ -221,3 +221,17 @@ def test_every_shipped_algorithm_writes_its_native_objective():
         node = yaml.safe_load((CONF_DIR / "algorithm" / f"{name}.yaml").read_text())
         cls = get_class(node.get("algorithm", node)["_target_"])
         assert cls.objective is not Algorithm.objective, name
+
+
+def test_native_precision_is_bf16_only_where_the_machine_has_native_bf16(tmp_path, monkeypatch):
+    """`trainer.precision='${native_precision:}'` (ptlab/hardware.py): bf16-mixed with AVX512_BF16 or AMX, 32-true
+    on an AVX2-only CPU (where bf16 is emulated, slower than float32); the config passes the checks either way."""
+    from ptlab import hardware
+
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)  # the CPU's flags decide
+    for flags, expected in (({"avx2", "fma"}, "32-true"), ({"avx2", "avx512f", "avx512_bf16"}, "bf16-mixed"),
+                            ({"avx2", "amx_bf16", "amx_tile"}, "bf16-mixed")):
+        monkeypatch.setattr(hardware, "cpu_flags", lambda flags=flags: flags)
+        cfg = compose_config(["trainer.precision=${native_precision:}"], tmp_path)
+        assert cfg.trainer.precision == expected
+        check_config(cfg, cfg.hydra.runtime.choices)

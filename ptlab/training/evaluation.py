@@ -11,7 +11,7 @@ import torch
 from ptlab import parallel
 from ptlab.models.lm import token_logprobs
 from ptlab.rewards import score
-from ptlab.storage import write_atomically
+from ptlab.storage import file_lock, write_atomically
 from ptlab.training.rollout import encode_prompts, with_lengths
 
 
@@ -186,7 +186,9 @@ class CachedFirstEvaluation:
     parallelism (the evaluator gathers across ranks), go to the evaluator itself.
 
     Entries are JSON files under `directory`, written atomically; one that cannot be read is
-    recomputed and overwritten. `hits` counts the calls answered from the cache."""
+    recomputed and overwritten. An entry is computed under a lock beside it (storage.file_lock): jobs
+    started together that need the same entry compute it once, the others waiting to read it (before,
+    two jobs of a seed each spent the whole evaluation). `hits` counts the calls answered from the cache."""
 
     def __init__(self, evaluator, directory, context: dict):
         self.evaluator, self.directory, self.context = evaluator, Path(directory), context
@@ -201,14 +203,14 @@ class CachedFirstEvaluation:
         if not first or parallel.world_size() > 1:
             return self.evaluator(policy, rows)
         path = self.directory / f"{self.key(policy, rows)}.json"
-        try:
-            metrics = {key: torch.tensor(value) for key, value in json.loads(path.read_text())["metrics"].items()}
-            self.hits += 1
-            return metrics
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
-        metrics = self.evaluator(policy, rows)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomically(path, json.dumps({"metrics": {key: float(value) for key, value in metrics.items()},
-                                           "context": self.context}, default=str, indent=1))
+        with file_lock(path.with_name(path.name + ".lock")):  # a job computing this entry: the others wait, then read it
+            try:
+                metrics = {key: torch.tensor(value) for key, value in json.loads(path.read_text())["metrics"].items()}
+                self.hits += 1
+                return metrics
+            except (OSError, ValueError, KeyError, TypeError):
+                pass
+            metrics = self.evaluator(policy, rows)
+            write_atomically(path, json.dumps({"metrics": {key: float(value) for key, value in metrics.items()},
+                                               "context": self.context}, default=str, indent=1))
         return metrics
