@@ -72,6 +72,7 @@ def test_a_failing_job_leaves_the_other_jobs_and_the_report_intact(tmp_path, mon
     assert "Failed jobs:" in text and "`task.reward.dataset=raise`" in text and "RewardError: reward Flaky raised" in text
 
 
+@pytest.mark.slow  # the Optuna sweeper plugin's two trials through run.py (10 s)
 def test_optuna_example_tunes_lr(tmp_path):
     runs = tmp_path / "optuna"
     proc, _ = cli("-m", "experiment=optuna_lr", "algorithm=gvpo", "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={runs}",
