@@ -150,6 +150,7 @@ def test_a_lock_waiter_that_wakes_on_a_removed_lock_file_locks_the_new_one(tmp_p
     assert not path.exists()
 
 
+@pytest.mark.slow  # two processes at once on 2 cores (9-16 s here, the most variable test)
 def test_two_runs_started_together_get_two_directories_and_share_one_warm_start(tmp_path):
     """Same command, same second, empty cache: two output directories; one run builds the warm start,
     the other waits for its lock and reuses it; no partial directory is left behind."""
@@ -341,6 +342,7 @@ def comparable(summary: dict) -> dict:
     return {key: value for key, value in summary.items() if key not in WALL_CLOCK}
 
 
+@pytest.mark.slow  # five runs to the end and five killed and resumed (20-30 s each)
 @pytest.mark.parametrize("settings", [
     ["algorithm=gvpo"], pytest.param(["algorithm=grpo", "sampler=replay"], marks=pytest.mark.slow),
     pytest.param(["algorithm=ppo"], marks=pytest.mark.slow),
@@ -349,7 +351,7 @@ def comparable(summary: dict) -> dict:
 def test_kill_9_at_a_random_step_then_rerun_ends_as_the_uninterrupted_run(settings, tmp_path):
     """SIGKILL leaves no chance to clean up: the rerun of the same command in the same directory
     resumes from the last periodic checkpoint (every 4 steps here) and ends with the same summary.
-    PPO (critic), the stale sampler (policy snapshot) and the replay buffer run in the slow tier."""
+    All in the slow tier: GVPO, GRPO with replay, PPO (critic), the stale sampler (policy snapshot), the replay buffer."""
     args = [*settings, "trainer.max_steps=16", "callbacks.progress.every_n_steps=1", "callbacks.samples.every_n_steps=3",
             "trainer.val_check_interval=4", *([] if "task=exact" in settings else ["task.eval_samples=2"])]
     whole = start([*args, f"hydra.run.dir={tmp_path / 'whole'}"], tmp_path, tmp_path / "cache")
