@@ -138,3 +138,18 @@ def test_a_tuned_study_tunes_chooses_runs_its_claims_and_its_page_and_replicatio
     replayed = [json.loads(path.read_text()) for path in (tmp_path / "again").rglob("summary.json")]
     assert sorted((s["seed"], s["lr"]) for s in replayed) == [(seed, record["arms"][0]["chosen"]["lr"]) for seed in (400, 401)]
     assert [row["units"] for row in again["claims"]] == [2]
+
+
+def test_the_ranking_groups_configurations_whose_intervals_overlap_and_shows_how_far_each_moved(tmp_path):
+    from ptlab.sweeps.report import ranking_section
+
+    runs = []
+    for seed in range(4):  # GVPO and GRPO level (their intervals overlap), RS below both
+        runs.append(write_run(tmp_path / f"a{seed}", "algorithm=gvpo", seed, [0, .1, .2, .3, .4], [.3, .4, .45, .5, .50 + .01 * seed]))
+        runs.append(write_run(tmp_path / f"b{seed}", "algorithm=grpo", seed, [0, .1, .2, .3, .8], [.3, .4, .45, .5, .49 + .01 * seed]))
+        runs.append(write_run(tmp_path / f"c{seed}", "algorithm=rs", seed, [0, .1, .2, .3, .2], [.3, .35, .36, .38, .40 + .005 * seed]))
+    tuning = {"arms": [{"arm": "algorithm=gvpo", "chosen": {"lr": 3e-4}}]}
+    rows = [line.split(" | ") for line in ranking_section(runs, "val/accuracy", tuning).splitlines() if line.startswith("| ")][1:]
+    assert [(row[0], row[1]) for row in rows] == [("| 1", "algorithm=gvpo (lr=0.0003)"), ("| 1", "algorithm=grpo"),
+                                                   ("| 2", "algorithm=rs")]
+    assert [row[4].rstrip(" |") for row in rows] == ["0.4", "0.8", "0.2"]  # the mean final KL of each

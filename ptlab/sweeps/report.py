@@ -25,7 +25,7 @@ from ptlab.sweeps.runs import Run, by_label, label_key, matches, natural, parse_
 FOLD = 40  # exploratory pairs shown open up to this many
 DEFAULTS = {"metrics": "val/accuracy,val/reward,exact/kl_to_optimum,exact/reward,budget/tokens_generated,wall_seconds",
             "pivot": None, "plot": "val/accuracy", "x": "step,budget/tokens_generated", "vs": "", "bars": "", "logy": False,
-            "curves": "", "frontier": False}
+            "curves": "", "frontier": False, "ranking": False}
 INTERVAL = "mean ± half-width of the Student t 95% interval over n seeds (scipy.stats)"
 
 
@@ -147,6 +147,31 @@ def claims_section(runs: list[Run], study: claims.Study, extra: list) -> str:
     return text
 
 
+def ranking_section(runs: list[Run], metric: str, tuning: dict | None = None) -> str:
+    """The configurations ranked by their mean final `metric`, each with its 95% interval over seeds and
+    how far it moved (val/kl_ref), grouped: a configuration joins the group above while its interval
+    overlaps the interval of that group's first (a reader cannot tell them apart at these seeds)."""
+    rows = []
+    for label, group in by_label([run for run in runs if not run.failed]).items():
+        values = [run.summary[metric] for run in group if run.summary.get(metric) is not None]
+        kls = [run.summary[MOVED] for run in group if run.summary.get(MOVED) is not None]
+        if values:
+            mean, half = mean_ci(values)
+            rows.append((mean, 0.0 if math.isnan(half) else half, label, len(values), mean_ci(kls)[0] if kls else math.nan))
+    rows.sort(key=lambda row: -row[0])
+    chosen = {arm["arm"]: ",".join(f"{k}={v}" for k, v in arm["chosen"].items()) for arm in (tuning or {}).get("arms", [])}
+    lines = [f"### Ranking\n", f"{metric} at the end, mean and 95% interval over seeds; a group holds the configurations "
+             "whose intervals overlap its first's" + (", each at the setting its tuning chose" if chosen else "") + ".\n",
+             "| group | configuration | n | " + metric + " | " + MOVED + " |", "|---|---|---|---|---|"]
+    group, leader = 0, None
+    for mean, half, label, count, kl in rows:
+        if leader is None or mean + half < leader[0] - leader[1]:
+            group, leader = group + 1, (mean, half)
+        shown = label + (f" ({chosen[label]})" if label in chosen else "")
+        lines.append(f"| {group} | {shown} | {count} | {fmt(mean, half)} | {'' if math.isnan(kl) else f'{kl:.3g}'} |")
+    return "\n".join(lines)
+
+
 def tuning_section(record: dict) -> str:
     """The whole tuning table of a tuned study (sweeps/tune.py's tuning.json): every arm's grid on the
     tuning seeds, the rule and the setting it chose."""
@@ -200,7 +225,8 @@ def render(runs: list[Run], options: dict, directory: Path, compares=(), at=None
     if study:  # runs of seeds beyond the declared count are not shown as the study's
         kept, extra = claims.declared_seeds(runs, study)
         runs = kept + [run for run in runs if run.seed is None]
-    sections = [claims_section(runs, study, extra)] if study and study.claims else []
+    sections = [ranking_section(runs, metrics[0], tuning)] if options["ranking"] else []
+    sections += [claims_section(runs, study, extra)] if study and study.claims else []
     sections += [tuning_section(tuning)] if tuning else []
     if all(run.failed for run in runs):  # nothing to tabulate or plot
         return "\n\n".join(sections + ["### Results\n\nNo job completed: every one is listed below with its error.",
@@ -245,6 +271,8 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--vs", help="comma-separated swept keys (e.g. lr): --plot's final value against each")
     parser.add_argument("--bars", help="comma-separated categorical keys (e.g. regime): --plot's final value, grouped bars")
     parser.add_argument("--logy", action="store_true", default=None, help="log-scale y axis")
+    parser.add_argument("--ranking", action="store_true", default=None,
+                        help="open with the configurations ranked by the first metric, grouped where their intervals overlap")
     parser.add_argument("--frontier", action="store_true", default=None,
                         help="plot --plot's metric against the held-out KL to the reference (sweeps/frontier.py)")
     parser.add_argument("--curves", help="comma-separated compute axes (step, budget/tokens_generated): fit --plot's metric "
